@@ -1,0 +1,1 @@
+"""The GraphQL and HTTP edge: translates requests into service calls and results into types."""

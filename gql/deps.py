@@ -1,0 +1,73 @@
+"""FastAPI dependencies of the GraphQL route, declared once as `Annotated` aliases."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import BackgroundTasks, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.settings import Settings
+from gql.context import Context
+from services.auth import Actor, user_for_token
+
+MAX_TOKEN_LENGTH = 200
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    actor: Actor | None
+    error: str | None = None
+
+
+async def get_viewer(request: Request, session: SessionDep) -> Viewer:
+    """The caller behind `Authorization: Bearer <token>`; anonymous without the header. A bad
+    header is remembered, so fields that need a viewer can say what was wrong with it."""
+    header = request.headers.get("authorization")
+    if not header:
+        return Viewer(actor=None)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
+        return Viewer(actor=None, error="malformed Authorization header: use 'Bearer <token>'")
+    user = await user_for_token(session, token)
+    if user is None:
+        return Viewer(actor=None, error="invalid API token")
+    return Viewer(actor=Actor(user_id=user.id, is_admin=user.is_admin))
+
+
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+
+
+async def get_context(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    viewer: ViewerDep,
+    background_tasks: BackgroundTasks,
+) -> Context:
+    context = Context(
+        session=session,
+        settings=settings,
+        viewer=viewer.actor,
+        auth_error=viewer.error,
+        correlation_id=getattr(request.state, "correlation_id", None),
+    )
+    context.background_tasks = background_tasks
+    return context

@@ -1,0 +1,86 @@
+"""From exceptions to GraphQL errors with a stable `extensions.code`; everything unexpected is
+masked as INTERNAL_SERVER_ERROR and logged once with its stack."""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from services.errors import DomainError
+
+logger = logging.getLogger("gql.errors")
+
+INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+
+
+class ApiError(GraphQLError):
+    """An error raised on purpose by the GraphQL layer, shown to the client as it is."""
+
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, **extensions: Any) -> None:
+        super().__init__(message, extensions={"code": self.code, **extensions})
+
+
+class Unauthenticated(ApiError):
+    code = "UNAUTHENTICATED"
+
+
+class BadUserInput(ApiError):
+    code = "BAD_USER_INPUT"
+
+
+def is_expected(error: GraphQLError) -> bool:
+    original = error.original_error
+    return original is None or isinstance(original, (DomainError, GraphQLError))
+
+
+def with_code(error: GraphQLError) -> GraphQLError:
+    """The error as the client should see it."""
+    original = error.original_error
+    if isinstance(original, DomainError):
+        code = original.code
+        message = original.message
+    elif original is None or isinstance(original, GraphQLError):
+        # Errors of syntax and validation have no original error; raised ApiErrors carry
+        # their code already.
+        extensions = (original or error).extensions or {}
+        code = extensions.get("code") or GRAPHQL_VALIDATION_FAILED
+        message = error.message
+    else:
+        code = INTERNAL_SERVER_ERROR
+        message = "Internal server error"
+    extensions = {**(error.extensions or {}), "code": code}
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+def log_unexpected(errors: list[GraphQLError]) -> None:
+    for error in errors:
+        if not is_expected(error):
+            logger.error(
+                "unexpected error in %s",
+                ".".join(str(p) for p in error.path or ()),
+                exc_info=error.original_error,
+            )
+
+
+class ErrorCodes(SchemaExtension):
+    """Gives every error in a result its code and masks the unexpected ones."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [with_code(error) for error in errors]

@@ -1,0 +1,54 @@
+"""Per-request DataLoaders: each batches its keys into one `= ANY(:keys)` statement and
+answers in key order. They hand back light rows; the types turn rows into GraphQL objects."""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiodataloader import DataLoader
+
+from services import catalog, orders, users
+
+if TYPE_CHECKING:
+    from gql.context import Context
+
+Row = Any
+
+
+class _SessionLoader(DataLoader):  # type: ignore[misc]
+    def __init__(self, context: "Context") -> None:
+        super().__init__()
+        self.context = context
+
+
+class ProductByIdLoader(_SessionLoader):
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
+        async with self.context.db_lock:
+            found = await catalog.products_by_ids(self.context.session, keys)
+        return [found.get(key) for key in keys]
+
+
+class ItemsByOrderIdLoader(_SessionLoader):
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[list[Row]]:
+        async with self.context.db_lock:
+            found = await orders.items_by_order_ids(self.context.session, keys)
+        return [found.get(key, []) for key in keys]
+
+
+class OrderByIdLoader(_SessionLoader):
+    """Only orders the viewer may read; others come back as None, like missing ones."""
+
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
+        actor = self.context.require_viewer()
+        async with self.context.db_lock:
+            found = await orders.readable_orders_by_ids(self.context.session, actor, keys)
+        return [found.get(key) for key in keys]
+
+
+class UserByIdLoader(_SessionLoader):
+    """Only users the viewer may read: themselves, or anyone for an admin."""
+
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
+        actor = self.context.require_viewer()
+        async with self.context.db_lock:
+            found = await users.readable_users_by_ids(self.context.session, actor, keys)
+        return [found.get(key) for key in keys]

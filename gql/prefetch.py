@@ -1,0 +1,39 @@
+"""Load a whole level's relations in one batched step per type, so that nested fields of a list
+are plain attributes instead of one awaitable per object (see DESIGN §7)."""
+
+from gql.context import Context
+from gql.loaders import ItemsByOrderIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.selection import FieldTree
+from gql.types.orders import Order, OrderItem
+from gql.types.products import Product
+from gql.types.users import User
+
+
+async def products_by_id(context: Context, ids: set[int]) -> dict[int, Product]:
+    ordered = sorted(ids)
+    rows = await context.loader(ProductByIdLoader).load_many(ordered)
+    return {row.id: Product.from_row(row) for row in rows if row is not None}
+
+
+async def prefetch_orders(context: Context, orders: list[Order], wanted: FieldTree) -> None:
+    """Attach the relations that `wanted` selects below each order."""
+    if not orders:
+        return
+    if "items" in wanted:
+        item_rows = await context.loader(ItemsByOrderIdLoader).load_many(
+            [order.row_id for order in orders]
+        )
+        all_items: list[OrderItem] = []
+        for order, rows in zip(orders, item_rows, strict=True):
+            order.prefetched_items = [OrderItem.from_row(row, order.currency) for row in rows]
+            all_items.extend(order.prefetched_items)
+        if "product" in wanted["items"] and all_items:
+            products = await products_by_id(context, {item.product_id for item in all_items})
+            for item in all_items:
+                item.prefetched_product = products.get(item.product_id)
+    if "user" in wanted:
+        user_ids = sorted({order.user_id for order in orders})
+        rows = await context.loader(UserByIdLoader).load_many(user_ids)
+        users = {row.id: User.from_row(row) for row in rows if row is not None}
+        for order in orders:
+            order.prefetched_user = users.get(order.user_id)

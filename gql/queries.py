@@ -1,0 +1,169 @@
+"""The Query root: arguments in, services called, types out."""
+
+from decimal import Decimal
+
+import strawberry
+
+from db.models import ProductKind as ProductKindModel
+from gql.context import Context, Info
+from gql.cursors import decode_cursor, encode_cursor
+from gql.errors import Unauthenticated
+from gql.ids import from_global_id, row_id_of
+from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.prefetch import prefetch_orders
+from gql.selection import FieldTree, field_tree, subtree
+from gql.types.common import Connection, Node, connection_of
+from gql.types.orders import Order, OrderStatus
+from gql.types.products import Product, ProductKind
+from gql.types.users import User
+from services import catalog, orders
+from services.errors import InvalidInput
+from services.pagination import check_page_size
+
+ProductOrder = strawberry.enum(catalog.ProductSort, name="ProductOrder")
+
+
+@strawberry.input(description="All given conditions must hold.")
+class ProductFilter:
+    kinds: list[ProductKind] | None = None  # type: ignore[valid-type]
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    name_contains: str | None = strawberry.field(
+        default=None, description="Case-insensitive substring of the name."
+    )
+
+    def to_service(self) -> catalog.ProductFilter:
+        return catalog.ProductFilter(
+            kinds=tuple(ProductKindModel(kind) for kind in self.kinds or ()),
+            min_price=self.min_price,
+            max_price=self.max_price,
+            name_contains=self.name_contains,
+        )
+
+
+def _selection(info: Info) -> FieldTree:
+    return field_tree(info.selected_fields[0].selections)
+
+
+def _page_size(context: Context, first: int | None) -> int:
+    settings = context.settings
+    return check_page_size(
+        first, default=settings.default_page_size, maximum=settings.max_page_size
+    )
+
+
+async def _order(context: Context, row_id: int, wanted: FieldTree) -> Order | None:
+    row = await context.loader(OrderByIdLoader).load(row_id)
+    if row is None:
+        return None
+    order = Order.from_row(row)
+    await prefetch_orders(context, [order], wanted)
+    return order
+
+
+async def _product(context: Context, row_id: int) -> Product | None:
+    row = await context.loader(ProductByIdLoader).load(row_id)
+    return None if row is None else Product.from_row(row)
+
+
+async def _user(context: Context, row_id: int) -> User | None:
+    row = await context.loader(UserByIdLoader).load(row_id)
+    return None if row is None else User.from_row(row)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Any object by its global ID (Relay).")
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        type_name, row_id = from_global_id(id)
+        context = info.context
+        if type_name == "Product":
+            return await _product(context, row_id)
+        if type_name == "Order":
+            context.require_viewer()
+            return await _order(context, row_id, _selection(info))
+        if type_name == "User":
+            context.require_viewer()
+            return await _user(context, row_id)
+        raise InvalidInput(f"ID {id!r} does not name a fetchable object")
+
+    @strawberry.field(description="The authenticated user; null when anonymous.")
+    async def me(self, info: Info) -> User | None:
+        context = info.context
+        if context.auth_error:
+            raise Unauthenticated(context.auth_error)
+        if context.viewer is None:
+            return None
+        return await _user(context, context.viewer.user_id)
+
+    @strawberry.field
+    async def product(self, info: Info, id: strawberry.ID) -> Product | None:
+        return await _product(info.context, row_id_of(id, "Product"))
+
+    @strawberry.field(description="The catalogue, filtered and ordered, in keyset pages.")
+    async def products(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: ProductFilter | None = None,
+        order_by: ProductOrder = catalog.ProductSort.NEWEST,  # type: ignore[valid-type]
+    ) -> Connection[Product]:
+        sort = catalog.ProductSort(order_by)
+        limit = _page_size(info.context, first)
+        position = None
+        if after is not None:
+            text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
+            position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
+        page = await catalog.search_products(
+            info.context.session,
+            product_filter=(filter or ProductFilter()).to_service(),
+            sort=sort,
+            after=position,
+            limit=limit,
+        )
+        return connection_of(
+            [
+                (
+                    Product.from_row(row),
+                    encode_cursor(f"products:{sort.value}", *catalog.sort_key(row, sort)),
+                )
+                for row in page.rows
+            ],
+            has_next=page.has_next,
+            has_previous=after is not None,
+        )
+
+    @strawberry.field(description="One order: only its owner (or an admin) can see it.")
+    async def order(self, info: Info, id: strawberry.ID) -> Order | None:
+        info.context.require_viewer()
+        return await _order(info.context, row_id_of(id, "Order"), _selection(info))
+
+    @strawberry.field(description="The viewer's orders, newest first.")
+    async def orders(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        status: OrderStatus | None = None,  # type: ignore[valid-type]
+    ) -> Connection[Order]:
+        context = info.context
+        actor = context.require_viewer()
+        limit = _page_size(context, first)
+        after_id = None
+        if after is not None:
+            (after_id,) = decode_cursor(after, "orders", (int,))
+        page = await orders.list_orders(
+            context.session,
+            actor,
+            status=status,
+            after_id=int(str(after_id)) if after_id is not None else None,
+            limit=limit,
+        )
+        nodes = [Order.from_row(row) for row in page.rows]
+        await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
+        return connection_of(
+            [(order, encode_cursor("orders", order.row_id)) for order in nodes],
+            has_next=page.has_next,
+            has_previous=after is not None,
+        )

@@ -1,0 +1,61 @@
+"""`make run`: bring up the database (embedded unless DATABASE_URL is set), migrate, seed demo
+data once, and serve the API with uvicorn."""
+
+import asyncio
+import logging
+
+import uvicorn
+from sqlalchemy import text
+
+from core.settings import get_settings
+from db.embedded import resolve_database_url
+from db.engine import create_engine
+from db.migrate import upgrade_to_head
+from db.seed import demo_users, seed_database
+from gql.app import create_app
+
+
+async def _is_empty(url: str) -> bool:
+    engine = create_engine(url, get_settings())
+    try:
+        async with engine.connect() as connection:
+            return not (await connection.scalar(text("SELECT EXISTS (SELECT 1 FROM users)")))
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    url = resolve_database_url(settings.database_url, settings.data_dir)
+    upgrade_to_head(url)
+    if asyncio.run(_is_empty(url)):
+        asyncio.run(
+            seed_database(
+                url,
+                users=settings.seed_users,
+                products=settings.seed_products,
+                orders=settings.seed_orders,
+                seed=settings.seed,
+            )
+        )
+        print(f"seeded demo data (seed {settings.seed})")
+    print(f"\nGraphiQL: http://{settings.host}:{settings.port}/graphql")
+    print(f"Demo tokens (seed {settings.seed}), send as 'Authorization: Bearer <token>':")
+    for user in demo_users(min(3, settings.seed_users), settings.seed):
+        role = "admin   " if user.is_admin else "customer"
+        print(f"  {role} {user.email:<36} {user.token}")
+    print(flush=True)
+    uvicorn.run(
+        create_app(settings, database_url=url),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Order and OrderItem. Their relations are usually prefetched for a whole list at once
+(`gql.prefetch`), so resolving them is reading an attribute; when they were not, the resolver
+falls back to the request's loaders, still batched."""
+
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any
+
+import strawberry
+
+from db.models import OrderStatus as OrderStatusModel
+from gql.context import Info
+from gql.ids import to_global_id
+from gql.loaders import ItemsByOrderIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.types.common import Money, Node
+from gql.types.products import Product
+from gql.types.users import User
+
+OrderStatus = strawberry.enum(OrderStatusModel, name="OrderStatus")
+
+
+@strawberry.type
+class OrderItem:
+    id: strawberry.ID
+    quantity: int
+    unit_price: Money = strawberry.field(description="The price captured when ordering.")
+    subtotal: Money
+    product_id: strawberry.Private[int]
+    prefetched_product: strawberry.Private[Product | None] = None
+
+    @strawberry.field(graphql_type=Product)
+    def product(self, info: Info) -> Product | Awaitable[Product]:
+        if self.prefetched_product is not None:
+            return self.prefetched_product
+        return self._load_product(info)
+
+    async def _load_product(self, info: Info) -> Product:
+        row = await info.context.loader(ProductByIdLoader).load(self.product_id)
+        return Product.from_row(row)
+
+    @classmethod
+    def from_row(cls, row: Any, currency: str) -> "OrderItem":
+        return cls(
+            id=strawberry.ID(to_global_id("OrderItem", row.id)),
+            quantity=row.quantity,
+            unit_price=Money(amount=row.unit_price, currency=currency),
+            subtotal=Money(amount=row.unit_price * row.quantity, currency=currency),
+            product_id=row.product_id,
+        )
+
+
+@strawberry.type
+class Order(Node):
+    id: strawberry.ID
+    status: OrderStatus  # type: ignore[valid-type]
+    total: Money
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    row_id: strawberry.Private[int]
+    user_id: strawberry.Private[int]
+    currency: strawberry.Private[str]
+    prefetched_items: strawberry.Private[list[OrderItem] | None] = None
+    prefetched_user: strawberry.Private[User | None] = None
+
+    @strawberry.field(graphql_type=list[OrderItem])
+    def items(self, info: Info) -> list[OrderItem] | Awaitable[list[OrderItem]]:
+        if self.prefetched_items is not None:
+            return self.prefetched_items
+        return self._load_items(info)
+
+    async def _load_items(self, info: Info) -> list[OrderItem]:
+        rows = await info.context.loader(ItemsByOrderIdLoader).load(self.row_id)
+        return [OrderItem.from_row(row, self.currency) for row in rows]
+
+    @strawberry.field(graphql_type=User)
+    def user(self, info: Info) -> User | Awaitable[User]:
+        if self.prefetched_user is not None:
+            return self.prefetched_user
+        return self._load_user(info)
+
+    async def _load_user(self, info: Info) -> User:
+        row = await info.context.loader(UserByIdLoader).load(self.user_id)
+        return User.from_row(row)
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Order":
+        return cls(
+            id=strawberry.ID(to_global_id("Order", row.id)),
+            status=row.status,
+            total=Money(amount=row.total_amount, currency=row.currency),
+            idempotency_key=row.idempotency_key,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            row_id=row.id,
+            user_id=row.user_id,
+            currency=row.currency,
+        )

@@ -1,0 +1,41 @@
+"""The Product type: bookable inventory."""
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+
+from db.models import ProductKind as ProductKindModel
+from gql.ids import to_global_id
+from gql.types.common import Money, Node
+
+ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
+
+
+@strawberry.type(description="A bookable thing: a hotel room, a flight seat, a tour...")
+class Product(Node):
+    id: strawberry.ID
+    sku: str
+    name: str
+    description: str
+    kind: ProductKind  # type: ignore[valid-type]
+    price: Money
+    stock: int = strawberry.field(description="Units available now (holds already deducted).")
+    created_at: datetime
+    updated_at: datetime
+    row_id: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Product":
+        return cls(
+            id=strawberry.ID(to_global_id("Product", row.id)),
+            sku=row.sku,
+            name=row.name,
+            description=row.description,
+            kind=row.kind,
+            price=Money(amount=row.price, currency=row.currency),
+            stock=row.stock,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            row_id=row.id,
+        )

@@ -1,0 +1,124 @@
+"""Fixtures per layer: a migrated template database per run, a fresh database per test, the
+app bound to it, an HTTP client, factories, and a counter of SQL statements."""
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.settings import Settings
+from db.engine import create_engine, create_session_factory
+from gql.app import create_app
+from tests.databases import DatabaseFactory, server_url
+from tests.factories import Factory
+
+logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+async def databases() -> AsyncIterator[DatabaseFactory]:
+    factory = DatabaseFactory(server_url())
+    await factory.create_template()
+    yield factory
+    await factory.drop_template()
+
+
+@pytest.fixture
+async def database_url(databases: DatabaseFactory) -> AsyncIterator[str]:
+    url = await databases.create()
+    yield url
+    await databases.drop(url)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(environment="test", redis_url=None, db_pool_size=5, db_max_overflow=20)
+
+
+@pytest.fixture
+async def engine(database_url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+def factory(session_factory: async_sessionmaker[AsyncSession]) -> Factory:
+    return Factory(session_factory)
+
+
+@pytest.fixture
+async def app(database_url: str, settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, database_url=database_url)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+class StatementCounter:
+    """Counts the SQL statements an engine sends, as the server sees them."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.statements.append(statement)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+
+@pytest.fixture
+def statements(app: FastAPI) -> Iterator[StatementCounter]:
+    counter = StatementCounter()
+    sync_engine = app.state.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", counter)
+    yield counter
+    event.remove(sync_engine, "before_cursor_execute", counter)
+
+
+class GraphQL:
+    """Posts GraphQL operations to the app, as a frontend would."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def __call__(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await self.client.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        assert response.status_code in (200, 400), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def gql(client: httpx.AsyncClient) -> GraphQL:
+    return GraphQL(client)
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    return [error.get("extensions", {}).get("code") for error in body.get("errors") or []]

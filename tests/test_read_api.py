@@ -1,0 +1,267 @@
+"""The read API: constant SQL per request, keyset pagination, authorization, exact money."""
+
+import base64
+from decimal import Decimal
+
+from db.models import OrderStatus, ProductKind
+from gql.ids import to_global_id
+from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.factories import Factory
+
+ORDER_HISTORY = """
+query History($first: Int!) {
+  orders(first: $first) {
+    edges { cursor node {
+      id status total { amount currency }
+      user { id name email }
+      items { quantity unitPrice { amount currency } subtotal { amount }
+              product { id name price { amount currency } stock } }
+    } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+PRODUCTS_PAGE = """
+query Page($first: Int, $after: String, $orderBy: ProductOrder!, $filter: ProductFilter) {
+  products(first: $first, after: $after, orderBy: $orderBy, filter: $filter) {
+    edges { cursor node { id name price { amount currency } } }
+    pageInfo { hasNextPage hasPreviousPage endCursor }
+  }
+}
+"""
+
+
+async def test_order_history_runs_the_same_statements_for_1_and_100_orders(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    user, token = await factory.user()
+    products = await factory.products(30)
+    for n in range(100):
+        chosen = [products[(n + k) % 30] for k in range(1 + n % 5)]
+        await factory.order(user, [(product, 1 + k) for k, product in enumerate(chosen)])
+
+    statements.reset()
+    one = await gql(ORDER_HISTORY, {"first": 1}, token=token)
+    statements_for_one = statements.count
+
+    statements.reset()
+    hundred = await gql(ORDER_HISTORY, {"first": 100}, token=token)
+    statements_for_hundred = statements.count
+
+    assert "errors" not in one and "errors" not in hundred
+    assert len(one["data"]["orders"]["edges"]) == 1
+    edges = hundred["data"]["orders"]["edges"]
+    assert len(edges) == 100
+    assert sum(len(edge["node"]["items"]) for edge in edges) == sum(1 + n % 5 for n in range(100))
+    # viewer, orders, items, products, users: one statement per type and level.
+    assert statements_for_one == statements_for_hundred == 5, statements.statements
+
+
+async def test_nested_relations_resolve_through_loaders_without_prefetch(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    """Relations reached where no list prefetched them still batch: one statement per type."""
+    user, token = await factory.user()
+    product = await factory.product()
+    order_ids = [
+        to_global_id("Order", (await factory.order(user, [(product, 1)])).id) for _ in range(5)
+    ]
+    aliases = " ".join(
+        f'o{n}: node(id: "{oid}") {{ ... on Order {{ items {{ product {{ name }} }} }} }}'
+        for n, oid in enumerate(order_ids)
+    )
+    statements.reset()
+    body = await gql(f"{{ {aliases} }}", token=token)
+    assert "errors" not in body
+    assert all(body["data"][f"o{n}"]["items"][0]["product"]["name"] for n in range(5))
+    assert statements.count == 4, statements.statements  # viewer, orders, items, products
+
+
+async def test_walking_products_pages_returns_each_product_once_in_order(
+    factory: Factory, gql: GraphQL
+) -> None:
+    # Repeated prices make the id tie-breaker matter at page boundaries.
+    for n in range(45):
+        await factory.product(name=f"Room {n:02d}", price=f"{50 + n % 6}.25")
+
+    for order_by, sort_key in [
+        ("PRICE_ASC", lambda node: (Decimal(node["price"]["amount"]), node["id"])),
+        ("NAME_ASC", lambda node: node["name"]),
+    ]:
+        seen: list[dict[str, object]] = []
+        after = None
+        pages = 0
+        while True:
+            body = await gql(PRODUCTS_PAGE, {"first": 7, "after": after, "orderBy": order_by})
+            assert "errors" not in body, body
+            connection = body["data"]["products"]
+            seen.extend(edge["node"] for edge in connection["edges"])
+            pages += 1
+            assert connection["pageInfo"]["hasPreviousPage"] is (after is not None)
+            if not connection["pageInfo"]["hasNextPage"]:
+                break
+            after = connection["pageInfo"]["endCursor"]
+        assert pages == 7
+        ids = [node["id"] for node in seen]
+        assert len(ids) == len(set(ids)) == 45
+        prices = [Decimal(str(node["price"]["amount"])) for node in seen]  # type: ignore[index]
+        if order_by == "PRICE_ASC":
+            assert prices == sorted(prices)
+        else:
+            assert [node["name"] for node in seen] == sorted(node["name"] for node in seen)
+        assert sort_key  # the ordering under test
+
+
+async def test_newest_products_come_first(factory: Factory, gql: GraphQL) -> None:
+    first, second = await factory.product(name="Older"), await factory.product(name="Newer")
+    body = await gql(PRODUCTS_PAGE, {"first": 2, "orderBy": "NEWEST"})
+    names = [edge["node"]["name"] for edge in body["data"]["products"]["edges"]]
+    assert names == ["Newer", "Older"], (first.id, second.id)
+
+
+async def test_forged_or_foreign_cursors_are_bad_user_input(factory: Factory, gql: GraphQL) -> None:
+    await factory.products(3)
+    body = await gql(PRODUCTS_PAGE, {"first": 2, "orderBy": "PRICE_ASC"})
+    price_cursor = body["data"]["products"]["pageInfo"]["endCursor"]
+
+    forged = [
+        "not-a-cursor!!",
+        base64.urlsafe_b64encode(b'["products:PRICE_ASC","abc",1]').decode(),
+        base64.urlsafe_b64encode(b'{"id": 1}').decode(),
+        price_cursor[:-3],
+    ]
+    for cursor in forged:
+        body = await gql(PRODUCTS_PAGE, {"first": 2, "after": cursor, "orderBy": "PRICE_ASC"})
+        assert error_codes(body) == ["BAD_USER_INPUT"], (cursor, body)
+        assert body["data"] is None
+    # A cursor of one ordering replayed against another.
+    body = await gql(PRODUCTS_PAGE, {"first": 2, "after": price_cursor, "orderBy": "NAME_ASC"})
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_page_size_is_capped(factory: Factory, gql: GraphQL) -> None:
+    body = await gql(PRODUCTS_PAGE, {"first": 101, "orderBy": "NEWEST"})
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert "at most 100" in body["errors"][0]["message"]
+    body = await gql(PRODUCTS_PAGE, {"first": -1, "orderBy": "NEWEST"})
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_product_filters_combine(factory: Factory, gql: GraphQL) -> None:
+    await factory.product(name="Lisbon Walking Tour", price="30.00", kind=ProductKind.TOUR)
+    await factory.product(name="Lisbon 100% Food Tour", price="80.00", kind=ProductKind.TOUR)
+    await factory.product(name="Lisbon Harbour Hotel", price="80.00")
+    await factory.product(name="Porto Food Tour", price="120.00", kind=ProductKind.TOUR)
+
+    async def names(product_filter: dict[str, object]) -> list[str]:
+        body = await gql(PRODUCTS_PAGE, {"orderBy": "NAME_ASC", "filter": product_filter})
+        assert "errors" not in body, body
+        return [edge["node"]["name"] for edge in body["data"]["products"]["edges"]]
+
+    assert await names({"kinds": ["TOUR"], "maxPrice": "100"}) == [
+        "Lisbon 100% Food Tour",
+        "Lisbon Walking Tour",
+    ]
+    assert await names({"nameContains": "food", "minPrice": "50.00"}) == [
+        "Lisbon 100% Food Tour",
+        "Porto Food Tour",
+    ]
+    # LIKE wildcards in the search text are matched literally.
+    assert await names({"nameContains": "100%"}) == ["Lisbon 100% Food Tour"]
+    assert await names({"nameContains": "_"}) == []
+
+    body = await gql(
+        PRODUCTS_PAGE, {"orderBy": "NAME_ASC", "filter": {"minPrice": "9", "maxPrice": "1"}}
+    )
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_a_user_cannot_see_another_users_order(factory: Factory, gql: GraphQL) -> None:
+    owner, owner_token = await factory.user()
+    _, stranger_token = await factory.user()
+    _, admin_token = await factory.user(is_admin=True)
+    order = await factory.order(owner, [(await factory.product(), 2)])
+    order_id = to_global_id("Order", order.id)
+    query = """query ($id: ID!) {
+        order(id: $id) { id status }
+        node(id: $id) { id ... on Order { status } }
+    }"""
+
+    for token in (owner_token, admin_token):
+        body = await gql(query, {"id": order_id}, token=token)
+        assert body["data"]["order"]["id"] == order_id
+        assert body["data"]["node"]["id"] == order_id
+
+    body = await gql(query, {"id": order_id}, token=stranger_token)
+    assert "errors" not in body
+    assert body["data"] == {"order": None, "node": None}
+
+    stranger_history = await gql("{ orders { edges { node { id } } } }", token=stranger_token)
+    assert stranger_history["data"]["orders"]["edges"] == []
+
+
+async def test_anonymous_and_bad_tokens_are_unauthenticated(factory: Factory, gql: GraphQL) -> None:
+    body = await gql("{ orders { edges { node { id } } } }")
+    assert error_codes(body) == ["UNAUTHENTICATED"]
+    assert body["data"] is None
+
+    body = await gql("{ me { id } }")
+    assert body == {"data": {"me": None}}
+
+    for token in ("bk_not_a_real_token", "x" * 500):
+        body = await gql("{ me { id } orders { edges { cursor } } }", token=token)
+        assert set(error_codes(body)) == {"UNAUTHENTICATED"}
+
+    # Public data needs no token.
+    await factory.product()
+    body = await gql("{ products(first: 1) { edges { node { name } } } }")
+    assert len(body["data"]["products"]["edges"]) == 1
+
+
+async def test_orders_filter_by_status_and_paginate(factory: Factory, gql: GraphQL) -> None:
+    user, token = await factory.user()
+    product = await factory.product()
+    for n in range(9):
+        status = OrderStatus.CANCELLED if n % 3 == 0 else OrderStatus.CONFIRMED
+        await factory.order(user, [(product, 1)], status=status)
+    query = """query ($after: String) {
+        orders(first: 2, after: $after, status: CONFIRMED) {
+          edges { node { id status } } pageInfo { hasNextPage endCursor } } }"""
+    seen, after = [], None
+    while True:
+        connection = (await gql(query, {"after": after}, token=token))["data"]["orders"]
+        seen += [edge["node"] for edge in connection["edges"]]
+        if not connection["pageInfo"]["hasNextPage"]:
+            break
+        after = connection["pageInfo"]["endCursor"]
+    assert len(seen) == 6
+    assert {node["status"] for node in seen} == {"CONFIRMED"}
+    row_ids = [int(base64.urlsafe_b64decode(n["id"] + "==").split(b":")[1]) for n in seen]
+    assert row_ids == sorted(row_ids, reverse=True)
+
+
+async def test_money_is_an_exact_decimal_string_with_currency(
+    factory: Factory, gql: GraphQL
+) -> None:
+    user, token = await factory.user()
+    cheap = await factory.product(price="0.10", currency="USD")
+    dear = await factory.product(price="99999999.99", currency="USD")
+    await factory.order(user, [(cheap, 3), (dear, 1)])
+    body = await gql(ORDER_HISTORY, {"first": 1}, token=token)
+    order = body["data"]["orders"]["edges"][0]["node"]
+    # 0.1 * 3 is 0.30000000000000004 in floating point; money must not be.
+    assert order["total"] == {"amount": "100000000.29", "currency": "USD"}
+    subtotals = sorted(item["subtotal"]["amount"] for item in order["items"])
+    assert subtotals == ["0.30", "99999999.99"]
+    assert {item["unitPrice"]["currency"] for item in order["items"]} == {"USD"}
+
+
+async def test_malformed_ids_are_bad_user_input(factory: Factory, gql: GraphQL) -> None:
+    _, token = await factory.user()
+    for bad in ("!!!", to_global_id("Order", 1), base64.b64encode(b"Product:-4").decode()):
+        body = await gql("query ($id: ID!) { product(id: $id) { id } }", {"id": bad}, token=token)
+        assert error_codes(body) == ["BAD_USER_INPUT"], (bad, body)
+    missing = to_global_id("Product", 999_999)
+    body = await gql("query ($id: ID!) { product(id: $id) { id } }", {"id": missing})
+    assert body == {"data": {"product": None}}
