@@ -14,6 +14,8 @@ logger = logging.getLogger("gql.errors")
 
 INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+BAD_USER_INPUT = "BAD_USER_INPUT"
 
 
 class ApiError(GraphQLError):
@@ -44,11 +46,11 @@ def with_code(error: GraphQLError) -> GraphQLError:
     if isinstance(original, DomainError):
         code = original.code
         message = original.message
-    elif original is None or isinstance(original, GraphQLError):
-        # Errors of syntax and validation have no original error; raised ApiErrors carry
-        # their code already.
-        extensions = (original or error).extensions or {}
-        code = extensions.get("code") or GRAPHQL_VALIDATION_FAILED
+    elif isinstance(original, GraphQLError):
+        code = (original.extensions or {}).get("code") or BAD_USER_INPUT
+        message = error.message
+    elif original is None:
+        code = (error.extensions or {}).get("code") or _code_of_request_error(error)
         message = error.message
     else:
         code = INTERNAL_SERVER_ERROR
@@ -63,6 +65,15 @@ def with_code(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions=extensions,
     )
+
+
+def _code_of_request_error(error: GraphQLError) -> str:
+    """Errors of syntax, validation and variable coercion carry no original error."""
+    if error.message.startswith("Syntax Error"):
+        return GRAPHQL_PARSE_FAILED
+    if error.message.startswith("Variable '$"):
+        return BAD_USER_INPUT
+    return GRAPHQL_VALIDATION_FAILED
 
 
 def log_unexpected(errors: list[GraphQLError]) -> None:

@@ -265,3 +265,13 @@ async def test_malformed_ids_are_bad_user_input(factory: Factory, gql: GraphQL) 
     missing = to_global_id("Product", 999_999)
     body = await gql("query ($id: ID!) { product(id: $id) { id } }", {"id": missing})
     assert body == {"data": {"product": None}}
+
+
+async def test_request_errors_have_stable_codes(gql: GraphQL) -> None:
+    assert error_codes(await gql("{ products { edges ")) == ["GRAPHQL_PARSE_FAILED"]
+    assert error_codes(await gql("{ products { nope } }")) == ["GRAPHQL_VALIDATION_FAILED"]
+    body = await gql(
+        "query ($f: ProductFilter) { products(filter: $f) { edges { cursor } } }",
+        {"f": {"minPrice": "twelve"}},
+    )
+    assert error_codes(body) == ["BAD_USER_INPUT"]
