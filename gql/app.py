@@ -5,20 +5,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLHTTPResponse, process_result
+from strawberry.types import ExecutionResult
 
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
 from gql.deps import get_context
+from gql.errors import with_codes
 from gql.schema import schema
 
 logger = logging.getLogger(__name__)
 
 
 class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
-    """Strawberry's router with orjson on the hot paths of every request."""
+    """Strawberry's router with orjson on the hot paths of every request, and every error
+    given its stable code."""
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        result.errors = with_codes(result.errors)
+        return process_result(result)
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)

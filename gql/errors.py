@@ -2,11 +2,9 @@
 masked as INTERNAL_SERVER_ERROR and logged once with its stack."""
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
 
 from services.errors import DomainError
 
@@ -86,12 +84,7 @@ def log_unexpected(errors: list[GraphQLError]) -> None:
             )
 
 
-class ErrorCodes(SchemaExtension):
-    """Gives every error in a result its code and masks the unexpected ones."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [with_code(error) for error in errors]
+def with_codes(errors: list[GraphQLError] | None) -> list[GraphQLError] | None:
+    """Every error of a result as the client should see it (applied where results become
+    HTTP responses: Strawberry skips extension hooks for errors raised before execution)."""
+    return [with_code(error) for error in errors] if errors else errors

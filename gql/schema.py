@@ -7,7 +7,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
-from gql.errors import ErrorCodes, log_unexpected
+from gql.errors import log_unexpected
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
@@ -28,7 +28,6 @@ def build_schema(**overrides: Any) -> Schema:
         query=Query,
         types=[Product, Order, User],
         extensions=[
-            ErrorCodes,
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),
