@@ -4,45 +4,49 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
-from fastapi import FastAPI, Request
-from strawberry.fastapi import GraphQLRouter
-from strawberry.http import GraphQLHTTPResponse, process_result
-from strawberry.types import ExecutionResult
+from fastapi import FastAPI
 
+from core.logging import configure_logging
+from core.redis import RedisCircuit, create_redis
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
+from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
-from gql.errors import with_codes
+from gql.health import router as health_router
+from gql.metrics import OPERATION_NAMES
+from gql.middleware import CorrelationIdMiddleware, ErrorShieldMiddleware
+from gql.ratelimit import RateLimiter
+from gql.router import Edge, FastJSONGraphQLRouter
 from gql.schema import schema
 
 logger = logging.getLogger(__name__)
 
-
-class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
-    """Strawberry's router with orjson on the hot paths of every request, and every error
-    given its stable code."""
-
-    async def process_result(
-        self, request: Request, result: ExecutionResult
-    ) -> GraphQLHTTPResponse:
-        result.errors = with_codes(result.errors)
-        return process_result(result)
-
-    def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
-
-    def decode_json(self, data: str | bytes) -> object:
-        return orjson.loads(data)
+__all__ = ["FastJSONGraphQLRouter", "app", "create_app"]
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
-    """An app bound to `database_url`, else to the settings' database, else the embedded one."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    configure_logs: bool = False,
+) -> FastAPI:
+    """An app bound to `database_url`, else to the settings' database, else the embedded one.
+    `configure_logs` makes its startup install the JSON log handler (for a served app, not for
+    one inside a test run)."""
     settings = settings or get_settings()
+    redis = create_redis(settings)
+    circuit = RedisCircuit(settings.redis_retry_interval)
+    manifest = (
+        load_manifest(settings.persisted_queries_manifest)
+        if settings.persisted_queries_manifest
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging(settings.log_level, json=settings.log_json)
         url = database_url or resolve_database_url(settings.database_url, settings.data_dir)
         engine = create_engine(url, settings)
         app.state.engine = engine
@@ -51,6 +55,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             yield
         finally:
             await engine.dispose()
+            if redis is not None:
+                await redis.aclose()
 
     app = FastAPI(
         title="Booking GraphQL gateway",
@@ -60,14 +66,26 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.redis = redis
+    OPERATION_NAMES.limit = settings.metrics_max_operation_names
     router = FastJSONGraphQLRouter(
         schema,
         path="/graphql",
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
     )
+    router.edge = Edge(
+        settings=settings,
+        rate_limiter=RateLimiter(settings, redis, circuit),
+        persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+    )
     app.include_router(router)
+    app.include_router(health_router)
+    # Added last = outermost: the correlation ID is set before anything else runs, and the
+    # shield inside it answers failures with that ID.
+    app.add_middleware(ErrorShieldMiddleware)
+    app.add_middleware(CorrelationIdMiddleware)
     return app
 
 
-app = create_app()
+app = create_app(configure_logs=True)

@@ -8,7 +8,9 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
+from gql.metrics import MetricsExtension
 from gql.queries import Query
+from gql.query_limits import QueryLimitsExtension
 from gql.types.orders import Order
 from gql.types.products import Product
 from gql.types.users import User
@@ -28,6 +30,10 @@ def build_schema(**overrides: Any) -> Schema:
         query=Query,
         types=[Product, Order, User],
         extensions=[
+            MetricsExtension,
+            # Before the caches: sets the token limit the parser applies and adds the
+            # depth/alias/cost rule to validation (both cached with it).
+            QueryLimitsExtension,
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),

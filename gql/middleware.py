@@ -1,0 +1,133 @@
+"""Pure ASGI middleware of the edge (no BaseHTTPMiddleware: it would run the app in another
+task, where the correlation ID's ContextVar would not reach background tasks)."""
+
+import logging
+import re
+import uuid
+
+import orjson
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.correlation import correlation_id_var
+from gql.errors import INTERNAL_SERVER_ERROR, SERVICE_UNAVAILABLE, error_body
+from gql.metrics import ERRORS
+
+logger = logging.getLogger("gql.errors")
+
+CORRELATION_HEADER = b"x-correlation-id"
+# Short and plain, so a client cannot smuggle log injection or a huge string into every log
+# line and downstream call.
+_WELL_FORMED = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def correlation_id_from(value: bytes | None) -> str:
+    if value is not None:
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if _WELL_FORMED.match(text):
+            return text
+    return str(uuid.uuid4())
+
+
+class CorrelationIdMiddleware:
+    """Takes X-Correlation-ID when well formed, else makes one; keeps it in the ContextVar
+    for the whole request (background tasks included: they run inside this call) and echoes
+    it in the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == CORRELATION_HEADER:
+                incoming = value
+                break
+        correlation_id = correlation_id_from(incoming)
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        header = (CORRELATION_HEADER, correlation_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != CORRELATION_HEADER]
+                message["headers"] = [*headers, header]
+            await send(message)
+
+        token = correlation_id_var.set(correlation_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            correlation_id_var.reset(token)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A dependency is down or saturated (worth a retry), rather than a bug."""
+    if isinstance(error, (PoolTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+    return False
+
+
+class ErrorShieldMiddleware:
+    """Whatever escapes the app (a failing dependency, the database down) becomes a
+    GraphQL-shaped 500 or 503 with a code and the correlation ID: never a stack trace. The
+    stack is logged here, once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            unavailable = is_unavailable(error)
+            logger.error(
+                "request failed outside GraphQL execution: %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=error,
+            )
+            if started:
+                # Too late for a clean answer; the server closes the connection.
+                return
+            code = SERVICE_UNAVAILABLE if unavailable else INTERNAL_SERVER_ERROR
+            message = (
+                "A service this request needs is unavailable; retry later"
+                if unavailable
+                else "Internal server error"
+            )
+            ERRORS.labels(code).inc()
+            body = orjson.dumps(error_body(code, message))
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            if unavailable:
+                headers.append((b"retry-after", b"1"))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503 if unavailable else 500,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
