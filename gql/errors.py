@@ -93,6 +93,8 @@ def _code_of_request_error(error: GraphQLError) -> str:
         if "Parsing aborted" in error.message:
             return QUERY_TOO_COMPLEX
         return GRAPHQL_PARSE_FAILED
+    if error.message == "Maximum introspection depth exceeded":  # graphql-core's own rule
+        return QUERY_TOO_COMPLEX
     if error.message.startswith("Variable '$"):
         return BAD_USER_INPUT
     return GRAPHQL_VALIDATION_FAILED

@@ -115,13 +115,15 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        page = await catalog.search_products(
-            info.context.session,
-            product_filter=(filter or ProductFilter()).to_service(),
-            sort=sort,
-            after=position,
-            limit=limit,
-        )
+        # Aliased root fields resolve concurrently on the request's one session.
+        async with info.context.db_lock:
+            page = await catalog.search_products(
+                info.context.session,
+                product_filter=(filter or ProductFilter()).to_service(),
+                sort=sort,
+                after=position,
+                limit=limit,
+            )
         return connection_of(
             [
                 (
@@ -153,13 +155,14 @@ class Query:
         after_id = None
         if after is not None:
             (after_id,) = decode_cursor(after, "orders", (int,))
-        page = await orders.list_orders(
-            context.session,
-            actor,
-            status=status,
-            after_id=int(str(after_id)) if after_id is not None else None,
-            limit=limit,
-        )
+        async with context.db_lock:
+            page = await orders.list_orders(
+                context.session,
+                actor,
+                status=status,
+                after_id=int(str(after_id)) if after_id is not None else None,
+                limit=limit,
+            )
         nodes = [Order.from_row(row) for row in page.rows]
         await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
         return connection_of(

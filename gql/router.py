@@ -118,6 +118,12 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             headers=refused.headers,
         )
 
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A GET with only a persisted query's hash has no `query` either; it is no browser.
+        return super().should_render_graphql_ide(request) and (
+            "extensions" not in request.query_params
+        )
+
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
     ) -> GraphQLRequestData | list[GraphQLRequestData]:
