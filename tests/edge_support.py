@@ -103,9 +103,9 @@ async def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
         await redis.aclose()
 
 
-async def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+async def wait_until_up(url: str, process: subprocess.Popen[bytes], attempts: int = 600) -> None:
     async with httpx.AsyncClient() as client:
-        for _ in range(int(timeout / 0.1)):
+        for _ in range(attempts):
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args} exited with {process.returncode}")
             try:

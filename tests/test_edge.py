@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import BackgroundTasks
-from sqlalchemy import text
+from graphql import get_introspection_query
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gql.ids import to_global_id
 from tests.conftest import StatementCounter, error_codes
 from tests.edge_support import app_client, captured_logs, free_port
 from tests.factories import Factory
@@ -27,9 +27,7 @@ def sha256(query: str) -> str:
     return hashlib.sha256(query.encode()).hexdigest()
 
 
-async def post(
-    client: httpx.AsyncClient, body: dict[str, Any], **headers: str
-) -> httpx.Response:
+async def post(client: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> httpx.Response:
     return await client.post("/graphql", json=body, headers=headers)
 
 
@@ -109,7 +107,14 @@ async def test_an_unexpected_failure_is_masked_with_the_correlation_id_and_logge
             "extensions": {"code": "INTERNAL_SERVER_ERROR", "correlationId": correlation_id},
         }
     ]
-    for internal in ("does not exist", "relation \"", "asyncpg", "Traceback", "sqlalchemy", "SELECT"):
+    for internal in (
+        "does not exist",
+        'relation "',
+        "asyncpg",
+        "Traceback",
+        "sqlalchemy",
+        "SELECT",
+    ):
         assert internal not in response.text
     errors = [line for line in logs.lines if line["level"] == "ERROR"]
     assert len(errors) == 1, errors
@@ -242,8 +247,6 @@ async def test_a_deep_query_of_real_fields_is_refused_before_sql(
     await factory.product()
     async with app_client(database_url, max_query_depth=4) as (app, client):
         counter = StatementCounter()
-        from sqlalchemy import event
-
         event.listen(app.state.engine.sync_engine, "before_cursor_execute", counter)
         refused = await post(client, {"query": PRODUCTS})
         assert counter.count == 0
@@ -276,7 +279,7 @@ async def test_a_document_with_too_many_tokens_is_not_even_parsed(
 async def test_the_cost_counts_the_default_page_size_and_variables_at_the_maximum(
     database_url: str,
 ) -> None:
-    # products 1 + 20 × (edges 1 + node (1 + id 1 + name 1)) = 81
+    # products 1 + 20 * (edges 1 + node (1 + id 1 + name 1)) = 81
     query = "{ products { edges { node { id name } } } }"
     with_variable = "query($n: Int) { products(first: $n) { edges { node { id name } } } }"
     async with app_client(database_url, max_query_cost=81) as (_, client):
@@ -289,8 +292,6 @@ async def test_the_cost_counts_the_default_page_size_and_variables_at_the_maximu
 async def test_graphiql_introspection_and_the_standard_operations_fit_the_default_limits(
     gql: Any,
 ) -> None:
-    from graphql import get_introspection_query
-
     body = await gql(get_introspection_query(descriptions=True))
     assert "errors" not in body
     history = (
@@ -334,9 +335,7 @@ async def test_automatic_persisted_queries_round_trip(
     assert mismatch.json()["errors"][0]["message"] == "provided sha does not match query"
 
     bad_version = {"persistedQuery": {"version": 2, "sha256Hash": sha256(PRODUCTS)}}
-    assert error_codes((await post(client, {"extensions": bad_version})).json()) == [
-        "BAD_REQUEST"
-    ]
+    assert error_codes((await post(client, {"extensions": bad_version})).json()) == ["BAD_REQUEST"]
 
 
 async def test_allow_list_mode_runs_only_the_manifest_queries(
@@ -444,4 +443,3 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient, factory: 
     )
     assert 'graphql_errors_total{code="GRAPHQL_VALIDATION_FAILED"}' in text_
     assert "db_pool_checked_out_connections " in text_
-    assert to_global_id  # imported for symmetry with other suites
