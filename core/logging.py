@@ -52,14 +52,25 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str = "INFO", *, json: bool = True, stream: IO[str] | None = None
+    level: str = "INFO",
+    *,
+    json: bool = True,
+    stream: IO[str] | None = None,
+    force: bool = True,
 ) -> None:
     """Route every logger (uvicorn's too, when it is run with `log_config=None`) through one
-    handler on the root logger."""
+    handler on the root logger. With `force=False`, a root logger that the server already
+    configured (gunicorn's `logconfig_dict`) keeps its handlers; they only gain the
+    correlation ID."""
+    root = logging.getLogger()
+    if not force and root.handlers:
+        for existing in root.handlers:
+            if not any(isinstance(f, CorrelationIdFilter) for f in existing.filters):
+                existing.addFilter(CorrelationIdFilter())
+        return
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(CorrelationIdFilter())
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
-    root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)

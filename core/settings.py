@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Allow-list mode: with a manifest (JSON of sha256 → query), only its queries may run.
     persisted_queries_manifest: Path | None = None
     readiness_timeout: float = Field(default=2.0, gt=0)
+    # Set (to an empty, writable folder) when several worker processes serve: prometheus-client
+    # then keeps its values there and /metrics adds up every worker's.
+    prometheus_multiproc_dir: Path | None = None
     metrics_max_operation_names: int = Field(default=200, ge=0)
 
     # Demo data seeded into an empty database by `make run`.

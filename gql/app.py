@@ -46,7 +46,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if configure_logs:
-            configure_logging(settings.log_level, json=settings.log_json)
+            configure_logging(settings.log_level, json=settings.log_json, force=False)
+        if redis is None and settings.rate_limit_enabled and settings.is_production:
+            logger.warning("no REDIS_URL: rate limits and persisted queries are per process")
         url = database_url or resolve_database_url(settings.database_url, settings.data_dir)
         engine = create_engine(url, settings)
         app.state.engine = engine

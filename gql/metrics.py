@@ -5,7 +5,15 @@ import re
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +36,9 @@ REDIS_FAILURES = Counter(
     "redis_failures_total", "Failed Redis calls, by what needed Redis.", ["component"]
 )
 DB_POOL_CHECKED_OUT = Gauge(
-    "db_pool_checked_out_connections", "Database connections in use, read at scrape time."
+    "db_pool_checked_out_connections",
+    "Database connections in use, read at scrape time.",
+    multiprocess_mode="livesum",
 )
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -72,13 +82,21 @@ class MetricsExtension(SchemaExtension):
         ).observe(time.perf_counter() - start)
 
 
-def metrics_response(engine: AsyncEngine | None) -> Response:
+def metrics_response(engine: AsyncEngine | None, *, multiprocess_dir: object = None) -> Response:
     if engine is not None:
         checkedout = getattr(engine.pool, "checkedout", None)
         if checkedout is not None:
             DB_POOL_CHECKED_OUT.set(checkedout())
+    if multiprocess_dir:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return metrics_response(getattr(request.app.state, "engine", None))
+    state = request.app.state
+    return metrics_response(
+        getattr(state, "engine", None),
+        multiprocess_dir=state.settings.prometheus_multiproc_dir,
+    )

@@ -26,6 +26,7 @@ from graphql import (
 )
 from strawberry.extensions import SchemaExtension
 
+from core.settings import get_settings
 from gql.errors import QUERY_TOO_COMPLEX
 
 PAGE_ARGUMENT = "first"
@@ -171,7 +172,8 @@ class QueryLimitsExtension(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         execution_context = self.execution_context
-        settings = execution_context.context.settings
+        # Direct `schema.execute` calls (tools, tests) may pass no context: default settings.
+        settings = getattr(execution_context.context, "settings", None) or get_settings()
         execution_context.parse_options["max_tokens"] = settings.max_query_tokens
         rule = query_limits_rule(
             QueryLimits(
