@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list
     )
-    max_query_depth: int = Field(default=15, ge=1)
+    max_query_depth: int = Field(default=20, ge=1)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_tokens: int = Field(default=2000, ge=1)
     max_query_cost: int = Field(default=5000, ge=1)

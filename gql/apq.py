@@ -64,7 +64,7 @@ class PersistedQueries:
             return None
         if stored is None:
             return None
-        query = stored.decode()
+        query = stored.decode() if isinstance(stored, bytes) else str(stored)
         self._remember(sha, query)
         return query
 

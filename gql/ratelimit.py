@@ -50,7 +50,7 @@ class RateLimiter:
                 "async+" + settings.redis_url,
                 implementation="redispy",  # coredis, the default, does not build here
                 key_prefix=f"{settings.redis_key_prefix}:ratelimit",
-                connection_pool=redis.connection_pool,
+                connection_pool=redis.connection_pool,  # type: ignore[arg-type]
                 wrap_exceptions=True,
             )
         else:
@@ -75,7 +75,8 @@ class RateLimiter:
         for field, count in (root_fields or {}).items():
             checks.extend((item, field, count) for item in self._field_limits.get(field, ()))
         if self._shared and self._circuit.is_open:
-            return self._unchecked()
+            self._let_through_unchecked()
+            return None
         try:
             for item, scope, cost in checks:
                 if not await self._limiter.hit(item, scope, caller, cost=cost):
@@ -86,10 +87,11 @@ class RateLimiter:
         except StorageError as error:
             REDIS_FAILURES.labels("rate_limit").inc()
             self._circuit.record_failure("rate limits", error.storage_error)
-            return self._unchecked()
+            self._let_through_unchecked()
+            return None
         return None
 
-    def _unchecked(self) -> None:
+    def _let_through_unchecked(self) -> None:
         if not self.fail_open:
             raise RateLimitUnavailable
         RATE_LIMIT_UNCHECKED.inc()

@@ -221,7 +221,7 @@ NESTED_HUGE_PAGE = (
     "{ orders(first: 10000) { edges { node { items { product { id } } user { id } } } } }"
 )
 DEEP_INTROSPECTION = (
-    '{ __type(name: "Query") { fields { type { ' + "ofType { " * 14 + "name" + " }" * 17 + " }"
+    '{ __type(name: "Query") { fields { type { ' + "ofType { " * 20 + "name" + " }" * 23 + " }"
 )
 
 
@@ -443,3 +443,15 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient, factory: 
     )
     assert 'graphql_errors_total{code="GRAPHQL_VALIDATION_FAILED"}' in text_
     assert "db_pool_checked_out_connections " in text_
+
+
+async def test_aliased_lists_at_the_root_share_the_session_without_racing(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    await factory.products(3)
+    query = (
+        "{ a: products(first: 1) { edges { cursor } } b: products(first: 2) { edges { cursor } } }"
+    )
+    body = (await post(client, {"query": query})).json()
+    assert "errors" not in body, body
+    assert [len(body["data"][k]["edges"]) for k in "ab"] == [1, 2]
