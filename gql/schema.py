@@ -8,6 +8,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
+from gql.execution import CompiledExecutionContext
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
@@ -24,6 +25,7 @@ class Schema(strawberry.Schema):
 
 
 def build_schema(**overrides: Any) -> Schema:
+    overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
         types=[Product, Order, User],
