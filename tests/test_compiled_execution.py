@@ -30,7 +30,7 @@ QUERIES = [
          items @include(if: $withItems) { quantity } } } } }""",
     # Relations not prefetched (reached through node) fall back to the loaders.
     "__NODE__",
-    """{ products(first: 5, orderBy: PRICE_ASC) { edges { node { id name price { amount } } } } }""",
+    "{ products(first: 5, orderBy: PRICE_ASC) { edges { node { id name price { amount } } } } }",
 ]
 
 
