@@ -12,7 +12,7 @@ from gql.types.users import User
 async def products_by_id(context: Context, ids: set[int]) -> dict[int, Product]:
     ordered = sorted(ids)
     rows = await context.loader(ProductByIdLoader).load_many(ordered)
-    return {row.id: Product.from_row(row) for row in rows if row is not None}
+    return {row["id"]: Product.from_row(row) for row in rows if row is not None}
 
 
 async def prefetch_orders(context: Context, orders: list[Order], wanted: FieldTree) -> None:
@@ -34,6 +34,6 @@ async def prefetch_orders(context: Context, orders: list[Order], wanted: FieldTr
     if "user" in wanted:
         user_ids = sorted({order.user_id for order in orders})
         rows = await context.loader(UserByIdLoader).load_many(user_ids)
-        users = {row.id: User.from_row(row) for row in rows if row is not None}
+        users = {row["id"]: User.from_row(row) for row in rows if row is not None}
         for order in orders:
             order.prefetched_user = users.get(order.user_id)

@@ -115,8 +115,8 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        page = await catalog.search_products(
-            info.context.session,
+        page = await info.context.query(
+            catalog.search_products,
             product_filter=(filter or ProductFilter()).to_service(),
             sort=sort,
             after=position,
@@ -153,8 +153,8 @@ class Query:
         after_id = None
         if after is not None:
             (after_id,) = decode_cursor(after, "orders", (int,))
-        page = await orders.list_orders(
-            context.session,
+        page = await context.query(
+            orders.list_orders,
             actor,
             status=status,
             after_id=int(str(after_id)) if after_id is not None else None,
