@@ -57,7 +57,7 @@ async def _order(context: Context, row_id: int, wanted: FieldTree) -> Order | No
     if row is None:
         return None
     order = Order.from_row(row)
-    await prefetch_orders(context, [order], wanted)
+    await prefetch_orders(context, [order], wanted, alone=False)
     return order
 
 
@@ -161,7 +161,8 @@ class Query:
             limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
+        wanted = subtree(_selection(info), "edges", "node")
+        await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
             has_next=page.has_next,

@@ -68,10 +68,11 @@ async def test_nested_relations_resolve_through_loaders_without_prefetch(
 ) -> None:
     """Relations reached where no list prefetched them still batch: one statement per type."""
     user, token = await factory.user()
-    product = await factory.product()
+    products = await factory.products(6)
     await gql("{ me { id } orders { edges { node { items { product { id } } } } } }", token=token)
     order_ids = [
-        to_global_id("Order", (await factory.order(user, [(product, 1)])).id) for _ in range(5)
+        to_global_id("Order", (await factory.order(user, [(products[n], 1), (products[5], 2)])).id)
+        for n in range(5)
     ]
     aliases = " ".join(
         f'o{n}: node(id: "{oid}") {{ ... on Order {{ items {{ product {{ name }} }} }} }}'
