@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ClauseElement
+from sqlalchemy import ClauseElement, event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect  # noqa: N812
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 _dialect = AsyncpgDialect()  # type: ignore[no-untyped-call]
 
@@ -33,11 +34,24 @@ def compile_query(statement: ClauseElement) -> CompiledQuery:
     return CompiledQuery(sql=compiled.string, parameter_names=tuple(positions))
 
 
+_DRIVER_KEY = "db.compiled.driver_connection"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_driver_connection(session: Session, _transaction: SessionTransaction) -> None:
+    # The connection goes back to the pool with the transaction: never reuse it after that.
+    session.info.pop(_DRIVER_KEY, None)
+
+
 async def driver_connection(session: AsyncSession) -> Any:
-    """The asyncpg connection the session is using (checked out from the pool if needed)."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
+    """The asyncpg connection the session is using (checked out from the pool if needed).
+    Remembered for the session's transaction: finding it costs more than a small query."""
+    driver = session.info.get(_DRIVER_KEY)
+    if driver is None:
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        driver = session.info[_DRIVER_KEY] = raw.driver_connection
+    return driver
 
 
 async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) -> list[Record]:

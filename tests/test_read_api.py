@@ -3,8 +3,12 @@
 import base64
 from decimal import Decimal
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.compiled import driver_connection
 from db.models import OrderStatus, ProductKind
 from gql.ids import to_global_id
+from services.catalog import products_by_ids
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 
@@ -302,3 +306,19 @@ async def test_root_fields_of_one_document_share_the_session_safely(
     assert body["data"]["a"]["edges"][0]["node"]["items"][0]["product"]["name"] == "Shared Room"
     assert body["data"]["p"]["edges"][0]["node"]["name"] == "Shared Room"
     assert len(body["data"]["b"]["edges"]) == 1
+
+
+async def test_a_session_reads_through_a_new_connection_after_commit(
+    factory: Factory, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """The driver connection remembered for fast reads is forgotten when the transaction
+    ends, so reads after a commit never use a connection returned to the pool."""
+    product = await factory.product(name="Before")
+    async with session_factory() as session:
+        first = await driver_connection(session)
+        assert (await products_by_ids(session, [product.id]))[product.id]["name"] == "Before"
+        await session.commit()
+        assert session.info == {}
+        second = await driver_connection(session)
+        assert (await products_by_ids(session, [product.id]))[product.id]["stock"] == 10
+        assert first is not None and second is not None
