@@ -11,7 +11,7 @@ from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
 from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
 from gql.prefetch import prefetch_orders
-from gql.selection import FieldTree, field_tree, subtree
+from gql.selection import FieldTree, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import Order, OrderStatus
 from gql.types.products import Product, ProductKind
@@ -39,10 +39,6 @@ class ProductFilter:
             max_price=self.max_price,
             name_contains=self.name_contains,
         )
-
-
-def _selection(info: Info) -> FieldTree:
-    return field_tree(info.selected_fields[0].selections)
 
 
 def _page_size(context: Context, first: int | None) -> int:
@@ -81,7 +77,7 @@ class Query:
             return await _product(context, row_id)
         if type_name == "Order":
             context.require_viewer()
-            return await _order(context, row_id, _selection(info))
+            return await _order(context, row_id, selection_tree(info))
         if type_name == "User":
             context.require_viewer()
             return await _user(context, row_id)
@@ -137,7 +133,7 @@ class Query:
     @strawberry.field(description="One order: only its owner (or an admin) can see it.")
     async def order(self, info: Info, id: strawberry.ID) -> Order | None:
         info.context.require_viewer()
-        return await _order(info.context, row_id_of(id, "Order"), _selection(info))
+        return await _order(info.context, row_id_of(id, "Order"), selection_tree(info))
 
     @strawberry.field(description="The viewer's orders, newest first.")
     async def orders(
@@ -161,7 +157,7 @@ class Query:
             limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        wanted = subtree(_selection(info), "edges", "node")
+        wanted = subtree(selection_tree(info), "edges", "node")
         await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
