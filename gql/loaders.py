@@ -19,6 +19,15 @@ class _SessionLoader(DataLoader):  # type: ignore[misc]
         super().__init__()
         self.context = context
 
+    async def load_level(self, keys: Sequence[Any], *, alone: bool) -> list[Any]:
+        """A level's distinct keys in one batch. Below a list field (`alone`) the level is
+        already the whole batch, so skip the per-key futures of `load_many`: they cost more
+        than the query for a page of orders. Below a single-object field (`node` under
+        aliases, `_entities`) siblings may want the same level: join the queue to batch."""
+        if alone:
+            return await self.batch_load_fn(keys)  # type: ignore[no-any-return]
+        return await self.load_many(keys)  # type: ignore[no-any-return]
+
 
 class ProductByIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:

@@ -11,7 +11,7 @@ from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
 from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
 from gql.prefetch import prefetch_orders
-from gql.selection import FieldTree, field_tree, subtree
+from gql.selection import FieldTree, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import Order, OrderStatus
 from gql.types.products import Product, ProductKind
@@ -41,10 +41,6 @@ class ProductFilter:
         )
 
 
-def _selection(info: Info) -> FieldTree:
-    return field_tree(info.selected_fields[0].selections)
-
-
 def _page_size(context: Context, first: int | None) -> int:
     settings = context.settings
     return check_page_size(
@@ -57,7 +53,7 @@ async def _order(context: Context, row_id: int, wanted: FieldTree) -> Order | No
     if row is None:
         return None
     order = Order.from_row(row)
-    await prefetch_orders(context, [order], wanted)
+    await prefetch_orders(context, [order], wanted, alone=False)
     return order
 
 
@@ -81,7 +77,7 @@ class Query:
             return await _product(context, row_id)
         if type_name == "Order":
             context.require_viewer()
-            return await _order(context, row_id, _selection(info))
+            return await _order(context, row_id, selection_tree(info))
         if type_name == "User":
             context.require_viewer()
             return await _user(context, row_id)
@@ -115,15 +111,13 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        # Aliased root fields resolve concurrently on the request's one session.
-        async with info.context.db_lock:
-            page = await catalog.search_products(
-                info.context.session,
-                product_filter=(filter or ProductFilter()).to_service(),
-                sort=sort,
-                after=position,
-                limit=limit,
-            )
+        page = await info.context.query(
+            catalog.search_products,
+            product_filter=(filter or ProductFilter()).to_service(),
+            sort=sort,
+            after=position,
+            limit=limit,
+        )
         return connection_of(
             [
                 (
@@ -139,7 +133,7 @@ class Query:
     @strawberry.field(description="One order: only its owner (or an admin) can see it.")
     async def order(self, info: Info, id: strawberry.ID) -> Order | None:
         info.context.require_viewer()
-        return await _order(info.context, row_id_of(id, "Order"), _selection(info))
+        return await _order(info.context, row_id_of(id, "Order"), selection_tree(info))
 
     @strawberry.field(description="The viewer's orders, newest first.")
     async def orders(
@@ -155,16 +149,16 @@ class Query:
         after_id = None
         if after is not None:
             (after_id,) = decode_cursor(after, "orders", (int,))
-        async with context.db_lock:
-            page = await orders.list_orders(
-                context.session,
-                actor,
-                status=status,
-                after_id=int(str(after_id)) if after_id is not None else None,
-                limit=limit,
-            )
+        page = await context.query(
+            orders.list_orders,
+            actor,
+            status=status,
+            after_id=int(str(after_id)) if after_id is not None else None,
+            limit=limit,
+        )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
+        wanted = subtree(selection_tree(info), "edges", "node")
+        await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
             has_next=page.has_next,

@@ -8,6 +8,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
+from gql.execution import CompiledExecutionContext
 from gql.metrics import MetricsExtension
 from gql.queries import Query
 from gql.query_limits import QueryLimitsExtension
@@ -26,6 +27,7 @@ class Schema(strawberry.Schema):
 
 
 def build_schema(**overrides: Any) -> Schema:
+    overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
         types=[Product, Order, User],

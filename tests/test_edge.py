@@ -247,7 +247,10 @@ async def test_a_deep_query_of_real_fields_is_refused_before_sql(
     await factory.product()
     async with app_client(database_url, max_query_depth=4) as (app, client):
         counter = StatementCounter()
-        event.listen(app.state.engine.sync_engine, "before_cursor_execute", counter)
+        event.listen(
+            app.state.engine.sync_engine, "before_cursor_execute", counter.on_cursor_execute
+        )
+        event.listen(app.state.engine.sync_engine.pool, "checkout", counter.on_checkout)
         refused = await post(client, {"query": PRODUCTS})
         assert counter.count == 0
         shallow = await post(client, {"query": "{ products(first: 1) { edges { cursor } } }"})

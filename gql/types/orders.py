@@ -41,11 +41,11 @@ class OrderItem:
     @classmethod
     def from_row(cls, row: Any, currency: str) -> "OrderItem":
         return cls(
-            id=strawberry.ID(to_global_id("OrderItem", row.id)),
-            quantity=row.quantity,
-            unit_price=Money(amount=row.unit_price, currency=currency),
-            subtotal=Money(amount=row.unit_price * row.quantity, currency=currency),
-            product_id=row.product_id,
+            id=strawberry.ID(to_global_id("OrderItem", row["id"])),
+            quantity=row["quantity"],
+            unit_price=Money(amount=row["unit_price"], currency=currency),
+            subtotal=Money(amount=row["unit_price"] * row["quantity"], currency=currency),
+            product_id=row["product_id"],
         )
 
 
@@ -86,13 +86,13 @@ class Order(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Order":
         return cls(
-            id=strawberry.ID(to_global_id("Order", row.id)),
-            status=row.status,
-            total=Money(amount=row.total_amount, currency=row.currency),
-            idempotency_key=row.idempotency_key,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            row_id=row.id,
-            user_id=row.user_id,
-            currency=row.currency,
+            id=strawberry.ID(to_global_id("Order", row["id"])),
+            status=row["status"],
+            total=Money(amount=row["total_amount"], currency=row["currency"]),
+            idempotency_key=row["idempotency_key"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            row_id=row["id"],
+            user_id=row["user_id"],
+            currency=row["currency"],
         )

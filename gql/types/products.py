@@ -28,14 +28,14 @@ class Product(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Product":
         return cls(
-            id=strawberry.ID(to_global_id("Product", row.id)),
-            sku=row.sku,
-            name=row.name,
-            description=row.description,
-            kind=row.kind,
-            price=Money(amount=row.price, currency=row.currency),
-            stock=row.stock,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            row_id=row.id,
+            id=strawberry.ID(to_global_id("Product", row["id"])),
+            sku=row["sku"],
+            name=row["name"],
+            description=row["description"],
+            kind=row["kind"],
+            price=Money(amount=row["price"], currency=row["currency"]),
+            stock=row["stock"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            row_id=row["id"],
         )

@@ -21,10 +21,10 @@ class User(Node):
     @classmethod
     def from_row(cls, row: Any) -> "User":
         return cls(
-            id=strawberry.ID(to_global_id("User", row.id)),
-            email=row.email,
-            name=row.name,
-            is_admin=row.is_admin,
-            created_at=row.created_at,
-            row_id=row.id,
+            id=strawberry.ID(to_global_id("User", row["id"])),
+            email=row["email"],
+            name=row["name"],
+            is_admin=row["is_admin"],
+            created_at=row["created_at"],
+            row_id=row["id"],
         )
