@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import uuid
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from graphql import get_introspection_query
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gql.ratelimit import client_ip
 from tests.conftest import StatementCounter, error_codes
 from tests.edge_support import app_client, captured_logs, free_port
 from tests.factories import Factory
@@ -458,3 +460,22 @@ async def test_aliased_lists_at_the_root_share_the_session_without_racing(
     body = (await post(client, {"query": query})).json()
     assert "errors" not in body, body
     assert [len(body["data"][k]["edges"]) for k in "ab"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("203.0.113.9", ["10.0.0.1"], [], "203.0.113.9"),
+        ("203.0.113.9", ["10.0.0.1"], ["10.0.0.0/8"], "203.0.113.9"),
+        ("10.0.0.2", ["198.51.100.7"], ["10.0.0.0/8"], "198.51.100.7"),
+        ("10.0.0.2", ["1.1.1.1, 198.51.100.7, 10.0.0.5"], ["10.0.0.0/8"], "198.51.100.7"),
+        ("10.0.0.2", ["198.51.100.7", "10.0.0.5"], ["10.0.0.0/8"], "198.51.100.7"),
+        ("10.0.0.2", [], ["10.0.0.0/8"], "10.0.0.2"),
+        ("10.0.0.2", ["not-an-ip"], ["10.0.0.0/8"], "not-an-ip"),
+    ],
+)
+def test_the_client_ip_is_the_rightmost_hop_that_is_not_a_trusted_proxy(
+    peer: str, forwarded: list[str], trusted: list[str], expected: str
+) -> None:
+    networks = [ip_network(network) for network in trusted]
+    assert client_ip(peer, forwarded, networks) == expected
