@@ -5,6 +5,7 @@ Read from the operation's syntax tree and cached per field node: parsed document
 so the same query reuses its tree instead of walking (or converting) the selection each time.
 A tree is a superset when directives skip fields: it only decides what to prefetch."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, SelectionSetNode
@@ -57,3 +58,19 @@ def subtree(tree: FieldTree, *path: str) -> FieldTree:
     for name in path:
         tree = tree.get(name, {})
     return tree
+
+
+def columns_for(
+    tree: FieldTree, field_columns: Mapping[str, tuple[str, ...]], always: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The row columns that the selected fields need (in a canonical order, for statement
+    caches), or None for all of them when a selected field has no known columns."""
+    needed = set(always)
+    for name in tree:
+        if name == "__typename":
+            continue
+        columns = field_columns.get(name)
+        if columns is None:
+            return None
+        needed.update(columns)
+    return tuple(sorted(needed))

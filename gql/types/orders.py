@@ -18,6 +18,19 @@ from gql.types.users import User
 
 OrderStatus = strawberry.enum(OrderStatusModel, name="OrderStatus")
 
+# The row columns behind each field (see PRODUCT_FIELD_COLUMNS); relations need their keys.
+ORDER_FIELD_COLUMNS = {
+    "id": ("id",),
+    "status": ("status",),
+    "total": ("total_amount", "currency"),
+    "idempotencyKey": ("idempotency_key",),
+    "createdAt": ("created_at",),
+    "updatedAt": ("updated_at",),
+    "items": ("currency",),
+    "user": ("user_id",),
+}
+ORDER_KEY_COLUMNS = ("id", "user_id", "currency")
+
 
 @strawberry.type
 class OrderItem:
@@ -85,13 +98,16 @@ class Order(Node):
 
     @classmethod
     def from_row(cls, row: Any) -> "Order":
+        """From a full row or one with the selected fields' columns (see Product.from_row)."""
+        get = row.get
+        total = get("total_amount")
         return cls(
             id=strawberry.ID(to_global_id("Order", row["id"])),
-            status=row["status"],
-            total=Money(amount=row["total_amount"], currency=row["currency"]),
-            idempotency_key=row["idempotency_key"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
+            status=get("status"),
+            total=None if total is None else Money(amount=total, currency=row["currency"]),
+            idempotency_key=get("idempotency_key"),
+            created_at=get("created_at"),
+            updated_at=get("updated_at"),
             row_id=row["id"],
             user_id=row["user_id"],
             currency=row["currency"],
