@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse, process_result
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.types import ExecutionResult
 
 from core.settings import Settings, get_settings
@@ -38,6 +39,15 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        # A browser opening a shared link (`/graphql?query=…`) gets GraphiQL with the query in
+        # its editor; API clients (no text/html in Accept) still get the result of a GET.
+        return super().should_render_graphql_ide(request) or (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        )
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
