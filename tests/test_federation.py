@@ -97,6 +97,37 @@ async def test_order_entities_prefetch_items_and_products_in_constant_statements
     assert statements_for_one == statements_for_hundred == 4, statements.statements
 
 
+async def test_mixed_entity_types_batch_into_one_statement_per_type(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    _, token = await factory.user(is_admin=True)
+    users = [(await factory.user())[0] for _ in range(20)]
+    products = await factory.products(20)
+    orders = [await factory.order(user, [(products[0], 1)]) for user in users]
+    representations = [
+        representation
+        for n in range(20)
+        for representation in (
+            *refs("Product", [products[n].id]),
+            *refs("User", [users[n].id]),
+            *refs("Order", [orders[n].id]),
+        )
+    ]
+
+    statements.reset()
+    body = await gql(ENTITIES, {"representations": representations}, token=token)
+
+    assert "errors" not in body, body
+    assert [entity["__typename"] for entity in body["data"]["_entities"]] == 20 * [
+        "Product",
+        "User",
+        "Order",
+    ]
+    assert body["data"]["_entities"][1]["email"] == users[0].email
+    # viewer, products, users, orders, order items (their products are already loaded).
+    assert statements.count == 5, statements.statements
+
+
 async def test_order_entity_is_hidden_from_anonymous_callers_and_other_users(
     factory: Factory, gql: GraphQL
 ) -> None:
