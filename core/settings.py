@@ -1,11 +1,12 @@
 """Service settings, read once from the environment (and an optional `.env` file)."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
+    # Browser frontends allowed to call the API cross-origin, e.g.
+    # CORS_ORIGINS=https://app.example.com,https://admin.example.com (or a JSON list).
+    cors_origins: Annotated[list[str], NoDecode] = []
+
     # API shape.
     max_page_size: int = Field(default=100, ge=1)
     default_page_size: int = Field(default=20, ge=1)
@@ -46,6 +51,16 @@ class Settings(BaseSettings):
     seed_products: int = Field(default=500, ge=1)
     seed_orders: int = Field(default=2000, ge=0)
     seed: int = 42
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
     @property
     def is_production(self) -> bool:

@@ -6,7 +6,9 @@ from typing import Any
 import strawberry
 
 from db.models import ProductKind as ProductKindModel
-from gql.ids import to_global_id
+from gql.context import Info
+from gql.ids import row_id_of, to_global_id
+from gql.loaders import ProductByIdLoader
 from gql.types.common import Money, Node
 
 ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
@@ -26,7 +28,9 @@ PRODUCT_FIELD_COLUMNS = {
 PRODUCT_KEY_COLUMNS = ("id",)
 
 
-@strawberry.type(description="A bookable thing: a hotel room, a flight seat, a tour...")
+@strawberry.federation.type(
+    keys=["id"], description="A bookable thing: a hotel room, a flight seat, a tour..."
+)
 class Product(Node):
     id: strawberry.ID
     sku: str
@@ -57,3 +61,9 @@ class Product(Node):
             updated_at=get("updated_at"),
             row_id=row["id"],
         )
+
+    @classmethod
+    async def resolve_reference(cls, info: Info, id: strawberry.ID) -> "Product | None":
+        """A federation gateway's reference, through the request's loader (batched)."""
+        row = await info.context.loader(ProductByIdLoader).load(row_id_of(id, "Product"))
+        return None if row is None else cls.from_row(row)
