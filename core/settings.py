@@ -1,5 +1,6 @@
 """Service settings, read once from the environment (and an optional `.env` file)."""
 
+import json
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     # HTTP serving.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    # Browser frontends allowed to call the API cross-origin, e.g.
+    # CORS_ORIGINS=https://app.example.com,https://admin.example.com (or a JSON list).
+    cors_origins: Annotated[list[str], NoDecode] = []
 
     # API shape.
     max_page_size: int = Field(default=100, ge=1)
@@ -105,6 +110,16 @@ class Settings(BaseSettings):
     def _check_field_limits(cls, value: dict[str, str]) -> dict[str, str]:
         for limit in value.values():
             parse_many(limit)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
     @property

@@ -27,6 +27,19 @@ class CompiledQuery:
         return [parameters[name] for name in self.parameter_names]
 
 
+def columns_named(
+    model: type[Any], names: Sequence[str] | None, default: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """The model's columns called `names` (a subset a caller needs), or `default` for None."""
+    if names is None:
+        return default
+    table_columns = model.__table__.columns
+    unknown = [name for name in names if name not in table_columns]
+    if unknown:
+        raise ValueError(f"{model.__name__} has no columns {unknown}")
+    return tuple(getattr(model, name) for name in names)
+
+
 def compile_query(statement: ClauseElement) -> CompiledQuery:
     """`statement` as SQL with `$n` placeholders; its bind parameters must all be named."""
     compiled = statement.compile(dialect=_dialect)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from core.logging import configure_logging
 from core.redis import RedisCircuit, create_redis
@@ -13,12 +14,13 @@ from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
 from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
+from gql.graphiql import assets_router
 from gql.health import router as health_router
 from gql.metrics import OPERATION_NAMES
 from gql.middleware import CorrelationIdMiddleware, ErrorShieldMiddleware
 from gql.ratelimit import RateLimiter
 from gql.router import Edge, FastJSONGraphQLRouter
-from gql.schema import schema
+from gql.schema import build_schema, schema
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ def create_app(
     app.state.redis = redis
     OPERATION_NAMES.limit = settings.metrics_max_operation_names
     router = FastJSONGraphQLRouter(
-        schema,
+        # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
+        build_schema(introspection=False) if settings.is_production else schema,
         path="/graphql",
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
@@ -83,9 +86,20 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(health_router)
-    # Added last = outermost: the correlation ID is set before anything else runs, and the
-    # shield inside it answers failures with that ID.
+    if not settings.is_production:
+        app.include_router(assets_router())
+    # The last added is the outermost. The correlation ID is set before anything else runs;
+    # CORS sits outside the shield, so a browser can read even a shielded 500.
     app.add_middleware(ErrorShieldMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
+            expose_headers=["X-Correlation-ID"],
+            max_age=600,
+        )
     app.add_middleware(CorrelationIdMiddleware)
     return app
 

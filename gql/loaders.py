@@ -35,6 +35,16 @@ class ProductByIdLoader(_SessionLoader):
             found = await catalog.products_by_ids(self.context.session, keys)
         return [found.get(key) for key in keys]
 
+    async def load_level(
+        self, keys: Sequence[Any], *, alone: bool, columns: tuple[str, ...] | None = None
+    ) -> list[Any]:
+        """As `_SessionLoader.load_level`; a list's level also reads only `columns`."""
+        if not alone:
+            return await self.load_many(keys)  # type: ignore[no-any-return]
+        async with self.context.db_lock:
+            found = await catalog.products_by_ids(self.context.session, keys, columns=columns)
+        return [found.get(key) for key in keys]
+
 
 class ItemsByOrderIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[list[Row]]:

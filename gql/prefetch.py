@@ -3,15 +3,18 @@ are plain attributes instead of one awaitable per object (see DESIGN §7)."""
 
 from gql.context import Context
 from gql.loaders import ItemsByOrderIdLoader, ProductByIdLoader, UserByIdLoader
-from gql.selection import FieldTree
+from gql.selection import FieldTree, columns_for
 from gql.types.orders import Order, OrderItem
-from gql.types.products import Product
+from gql.types.products import PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS, Product
 from gql.types.users import User
 
 
-async def products_by_id(context: Context, ids: set[int], *, alone: bool) -> dict[int, Product]:
-    ordered = sorted(ids)
-    rows = await context.loader(ProductByIdLoader).load_level(ordered, alone=alone)
+async def products_by_id(
+    context: Context, ids: set[int], wanted: FieldTree, *, alone: bool
+) -> dict[int, Product]:
+    columns = columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS)
+    loader = context.loader(ProductByIdLoader)
+    rows = await loader.load_level(sorted(ids), alone=alone, columns=columns)
     return {row["id"]: Product.from_row(row) for row in rows if row is not None}
 
 
@@ -32,7 +35,8 @@ async def prefetch_orders(
             all_items.extend(order.prefetched_items)
         if "product" in wanted["items"] and all_items:
             product_ids = {item.product_id for item in all_items}
-            products = await products_by_id(context, product_ids, alone=alone)
+            wanted_product = wanted["items"]["product"]
+            products = await products_by_id(context, product_ids, wanted_product, alone=alone)
             for item in all_items:
                 item.prefetched_product = products.get(item.product_id)
     if "user" in wanted:

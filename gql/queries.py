@@ -11,9 +11,9 @@ from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
 from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
 from gql.prefetch import prefetch_orders
-from gql.selection import FieldTree, selection_tree, subtree
+from gql.selection import FieldTree, columns_for, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
-from gql.types.orders import Order, OrderStatus
+from gql.types.orders import ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS, Order, OrderStatus
 from gql.types.products import Product, ProductKind
 from gql.types.users import User
 from services import catalog, orders
@@ -149,15 +149,16 @@ class Query:
         after_id = None
         if after is not None:
             (after_id,) = decode_cursor(after, "orders", (int,))
+        wanted = subtree(selection_tree(info), "edges", "node")
         page = await context.query(
             orders.list_orders,
             actor,
+            columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
             after_id=int(str(after_id)) if after_id is not None else None,
             limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        wanted = subtree(selection_tree(info), "edges", "node")
         await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],

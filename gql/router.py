@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import Request, Response
+from fastapi.responses import HTMLResponse
 from graphql import (
     FieldNode,
     FragmentDefinitionNode,
@@ -22,6 +23,7 @@ from graphql import (
 )
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.unset import UNSET
@@ -38,6 +40,7 @@ from gql.errors import (
     error_body,
     with_codes,
 )
+from gql.graphiql import graphiql_html
 from gql.metrics import ERRORS
 from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
 
@@ -118,11 +121,22 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             headers=refused.headers,
         )
 
-    def should_render_graphql_ide(self, request: Any) -> bool:
-        # A GET with only a persisted query's hash has no `query` either; it is no browser.
-        return super().should_render_graphql_ide(request) and (
-            "extensions" not in request.query_params
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        params = request.query_params
+        if request.method == "GET" and "extensions" in params and "query" not in params:
+            # Only a persisted query's hash: an API client, not a browser.
+            return False
+        # A browser opening a shared link (`/graphql?query=…`) gets GraphiQL with the query in
+        # its editor; API clients (no text/html in Accept) still get the result of a GET.
+        return super().should_render_graphql_ide(request) or (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
         )
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
+        return HTMLResponse(graphiql_html())
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter

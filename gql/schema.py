@@ -1,14 +1,14 @@
-"""The Strawberry schema with its execution extensions."""
+"""The Strawberry schema (an Apollo Federation v2 subgraph) with its execution extensions."""
 
 from typing import Any
 
-import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import DisableIntrospection, ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
 from gql.execution import CompiledExecutionContext
+from gql.federation import SubgraphSchema
 from gql.metrics import MetricsExtension
 from gql.queries import Query
 from gql.query_limits import QueryLimitsExtension
@@ -17,7 +17,7 @@ from gql.types.products import Product
 from gql.types.users import User
 
 
-class Schema(strawberry.Schema):
+class Schema(SubgraphSchema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -26,7 +26,7 @@ class Schema(strawberry.Schema):
         log_unexpected(errors)
 
 
-def build_schema(**overrides: Any) -> Schema:
+def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
     overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
@@ -39,7 +39,11 @@ def build_schema(**overrides: Any) -> Schema:
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),
+            # Without introspection, gateways still read the SDL through `_service { sdl }`.
+            *([] if introspection else [DisableIntrospection]),
         ],
+        # Pinned so that a Strawberry upgrade does not change the published SDL by itself.
+        federation_version="2.11",
         **overrides,
     )
 

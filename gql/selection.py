@@ -5,9 +5,11 @@ Read from the operation's syntax tree and cached per field node: parsed document
 so the same query reuses its tree instead of walking (or converting) the selection each time.
 A tree is a superset when directives skip fields: it only decides what to prefetch."""
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, SelectionSetNode
+from strawberry.types.nodes import SelectedField
 
 from gql.context import Info
 
@@ -53,7 +55,34 @@ def _merge_into(
             _merge_into(tree, selection.selection_set, fragments)
 
 
+def field_tree(selections: Iterable[Any]) -> FieldTree:
+    """The same tree from Strawberry's converted `selected_fields` (off the hot paths)."""
+    tree: FieldTree = {}
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            tree.setdefault(selection.name, {}).update(field_tree(selection.selections))
+        else:
+            tree.update(field_tree(selection.selections))
+    return tree
+
+
 def subtree(tree: FieldTree, *path: str) -> FieldTree:
     for name in path:
         tree = tree.get(name, {})
     return tree
+
+
+def columns_for(
+    tree: FieldTree, field_columns: Mapping[str, tuple[str, ...]], always: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The row columns that the selected fields need (in a canonical order, for statement
+    caches), or None for all of them when a selected field has no known columns."""
+    needed = set(always)
+    for name in tree:
+        if name == "__typename":
+            continue
+        columns = field_columns.get(name)
+        if columns is None:
+            return None
+        needed.update(columns)
+    return tuple(sorted(needed))

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, compile_query, fetch
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.pagination import Page, page_from
@@ -122,9 +122,10 @@ def _search_query(shape: _SearchShape) -> CompiledQuery:
     return compile_query(statement.limit(bindparam("limit")))
 
 
-_products_by_ids_query = compile_query(
-    select(*PRODUCT_COLUMNS).where(equals_any_parameter(Product.id))
-)
+@lru_cache(maxsize=128)
+def _products_by_ids_query(columns: tuple[str, ...] | None) -> CompiledQuery:
+    selected = columns_named(Product, columns, PRODUCT_COLUMNS)
+    return compile_query(select(*selected).where(equals_any_parameter(Product.id)))
 
 
 def check_filter(product_filter: ProductFilter) -> None:
@@ -175,7 +176,11 @@ async def search_products(
     return page_from(rows, limit)
 
 
-async def products_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, Record]:
-    """Products by id in one statement; missing ids are simply absent."""
-    rows = await fetch(session, _products_by_ids_query, keys=list(ids))
+async def products_by_ids(
+    session: AsyncSession, ids: Sequence[int], *, columns: tuple[str, ...] | None = None
+) -> dict[int, Record]:
+    """Products by id in one statement; missing ids are simply absent. `columns` narrows the
+    row to what the caller needs (must include "id"): decoding unused columns, two timestamps
+    and a long description among them, costs more than the lookup."""
+    rows = await fetch(session, _products_by_ids_query(columns), keys=list(ids))
     return {row["id"]: row for row in rows}

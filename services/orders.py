@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, compile_query, fetch
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
 from db.models import Order, OrderItem, OrderStatus
 from db.rows import LightSelect
 from services.auth import Actor
@@ -42,10 +42,14 @@ def readable_orders(*, admin: bool) -> LightSelect:
     return statement
 
 
-@lru_cache
-def _list_orders_query(*, by_status: bool, after: bool) -> CompiledQuery:
+@lru_cache(maxsize=256)
+def _list_orders_query(
+    *, by_status: bool, after: bool, columns: tuple[str, ...] | None
+) -> CompiledQuery:
     # "My orders" for admins too: the non-admin rule is exactly "owned by the actor".
     statement = readable_orders(admin=False)
+    if columns is not None:
+        statement = statement.with_only_columns(*columns_named(Order, columns, ORDER_COLUMNS))
     if by_status:
         statement = statement.where(Order.status == bindparam("status"))
     if after:
@@ -73,9 +77,13 @@ async def list_orders(
     status: OrderStatus | None,
     after_id: int | None,
     limit: int,
+    columns: tuple[str, ...] | None = None,
 ) -> Page[Record]:
-    """The actor's own orders, newest first (admins too: this is "my orders")."""
-    query = _list_orders_query(by_status=status is not None, after=after_id is not None)
+    """The actor's own orders, newest first (admins too: this is "my orders"); `columns`
+    narrows the rows as in `catalog.products_by_ids`."""
+    query = _list_orders_query(
+        by_status=status is not None, after=after_id is not None, columns=columns
+    )
     rows = await fetch(
         session,
         query,

@@ -80,6 +80,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 POOL_PING_STATEMENTS = frozenset({"BEGIN;", ";", "ROLLBACK;"})
+DRIVER_INTROSPECTION = ("typeinfo_tree", "current_setting('jit')", "set_config('jit'")
 
 
 class StatementCounter:
@@ -93,9 +94,12 @@ class StatementCounter:
         self.statements.append(statement)
 
     def on_driver_query(self, record: Any) -> None:
-        # The pool's pre-ping (BEGIN; ";"; ROLLBACK on checkout) checks health, it is not work.
-        if record.query not in POOL_PING_STATEMENTS:
-            self.statements.append(record.query)
+        # Not the request's work: the pool's pre-ping (BEGIN; ";"; ROLLBACK on checkout), and
+        # asyncpg's type introspection, run once per new connection for array parameters.
+        query = record.query
+        if query in POOL_PING_STATEMENTS or any(mark in query for mark in DRIVER_INTROSPECTION):
+            return
+        self.statements.append(query)
 
     def on_checkout(self, dbapi_connection: Any, *_args: Any) -> None:
         driver = dbapi_connection.driver_connection

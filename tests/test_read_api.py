@@ -322,3 +322,34 @@ async def test_a_session_reads_through_a_new_connection_after_commit(
         second = await driver_connection(session)
         assert (await products_by_ids(session, [product.id]))[product.id]["stock"] == 10
         assert first is not None and second is not None
+
+
+async def test_lists_read_only_the_columns_of_selected_fields(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    user, token = await factory.user()
+    product = await factory.product(name="Harbour Loft", price="12.50")
+    await factory.order(user, [(product, 2)])
+    await gql("{ me { id } }", token=token)
+
+    statements.reset()
+    body = await gql(
+        "{ orders { edges { node { status items { product { name } } } } } }", token=token
+    )
+    assert body["data"]["orders"]["edges"][0]["node"]["items"][0]["product"]["name"] == (
+        "Harbour Loft"
+    )
+    product_statement = next(s for s in statements.statements if "FROM products" in s)
+    assert "description" not in product_statement and "created_at" not in product_statement
+
+    # Fields reached through fragments count as selected.
+    body = await gql(
+        """fragment Details on Product { description createdAt price { amount } }
+           { orders { edges { node { total { amount } items { product { ...Details } } } } } }""",
+        token=token,
+    )
+    node = body["data"]["orders"]["edges"][0]["node"]
+    assert node["total"]["amount"] == "25.00"
+    selected = node["items"][0]["product"]
+    assert selected["description"] == "" and selected["createdAt"]
+    assert selected["price"]["amount"] == "12.50"
