@@ -2,7 +2,6 @@
 rule (so the verdict is cached with the rest of validation), tokens at parse time (so a huge
 document is not even parsed). Every refusal has the code QUERY_TOO_COMPLEX."""
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,9 +23,8 @@ from graphql import (
     ValidationRule,
     get_named_type,
 )
-from strawberry.extensions import SchemaExtension
 
-from core.settings import get_settings
+from core.settings import Settings
 from gql.errors import QUERY_TOO_COMPLEX
 
 PAGE_ARGUMENT = "first"
@@ -166,23 +164,23 @@ def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
     return QueryLimitsRule
 
 
-class QueryLimitsExtension(SchemaExtension):
-    """Applies the limits of the request's settings (from the context), so one schema object
-    serves apps configured differently (tests, tools)."""
+_rules_by_settings: dict[int, tuple[Settings, type[ValidationRule]]] = {}
 
-    def on_operation(self) -> Iterator[None]:
-        execution_context = self.execution_context
-        # Direct `schema.execute` calls (tools, tests) may pass no context: default settings.
-        settings = getattr(execution_context.context, "settings", None) or get_settings()
-        execution_context.parse_options["max_tokens"] = settings.max_query_tokens
-        rule = query_limits_rule(
-            QueryLimits(
-                max_depth=settings.max_query_depth,
-                max_aliases=settings.max_query_aliases,
-                max_cost=settings.max_query_cost,
-                default_page_size=settings.default_page_size,
-                max_page_size=settings.max_page_size,
-            )
+
+def query_limits_rule_for(settings: Settings) -> type[ValidationRule]:
+    """The rule of these settings' limits, looked up by the settings object itself on the hot
+    path (an app keeps one), built through `query_limits_rule` on first use."""
+    cached = _rules_by_settings.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    rule = query_limits_rule(
+        QueryLimits(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_query_aliases,
+            max_cost=settings.max_query_cost,
+            default_page_size=settings.default_page_size,
+            max_page_size=settings.max_page_size,
         )
-        execution_context.validation_rules = (*execution_context.validation_rules, rule)
-        yield
+    )
+    _rules_by_settings[id(settings)] = (settings, rule)
+    return rule

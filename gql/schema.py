@@ -8,10 +8,9 @@ from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
 from gql.execution import CompiledExecutionContext
+from gql.extensions import EdgeExtension
 from gql.federation import SubgraphSchema
-from gql.metrics import MetricsExtension
 from gql.queries import Query
-from gql.query_limits import QueryLimitsExtension
 from gql.types.orders import Order
 from gql.types.products import Product
 from gql.types.users import User
@@ -32,10 +31,9 @@ def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
         query=Query,
         types=[Product, Order, User],
         extensions=[
-            MetricsExtension,
-            # Before the caches: sets the token limit the parser applies and adds the
-            # depth/alias/cost rule to validation (both cached with it).
-            QueryLimitsExtension,
+            # Before the caches: sets the parser's token limit and adds the depth, alias and
+            # cost rule to validation (both cached with them); times the operation.
+            EdgeExtension,
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),
