@@ -5,6 +5,8 @@ import logging
 from typing import Any
 
 from graphql import GraphQLError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core.correlation import current_correlation_id
 from services.errors import DomainError
@@ -24,6 +26,8 @@ QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
 PERSISTED_QUERY_NOT_ALLOWED = "PERSISTED_QUERY_NOT_ALLOWED"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+
+UNAVAILABLE_MESSAGE = "A service this request needs is unavailable; retry later"
 
 
 class ApiError(GraphQLError):
@@ -68,6 +72,10 @@ def with_code(error: GraphQLError) -> GraphQLError:
     elif original is None:
         code = (error.extensions or {}).get("code") or _code_of_request_error(error)
         message = error.message
+    elif is_unavailable(original):
+        # Still unexpected (logged with its stack), but the client learns a retry may work.
+        code = SERVICE_UNAVAILABLE
+        message = UNAVAILABLE_MESSAGE
     else:
         code = INTERNAL_SERVER_ERROR
         message = "Internal server error"
@@ -84,6 +92,15 @@ def with_code(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions=extensions,
     )
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A dependency is down or saturated (worth a retry), rather than a bug."""
+    if isinstance(error, (PoolTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+    return False
 
 
 def _code_of_request_error(error: GraphQLError) -> str:

@@ -6,12 +6,16 @@ import re
 import uuid
 
 import orjson
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.correlation import correlation_id_var
-from gql.errors import INTERNAL_SERVER_ERROR, SERVICE_UNAVAILABLE, error_body
+from gql.errors import (
+    INTERNAL_SERVER_ERROR,
+    SERVICE_UNAVAILABLE,
+    UNAVAILABLE_MESSAGE,
+    error_body,
+    is_unavailable,
+)
 from gql.metrics import ERRORS
 
 logger = logging.getLogger("gql.errors")
@@ -67,15 +71,6 @@ class CorrelationIdMiddleware:
             correlation_id_var.reset(token)
 
 
-def is_unavailable(error: BaseException) -> bool:
-    """A dependency is down or saturated (worth a retry), rather than a bug."""
-    if isinstance(error, (PoolTimeoutError, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(error, DBAPIError):
-        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
-    return False
-
-
 class ErrorShieldMiddleware:
     """Whatever escapes the app (a failing dependency, the database down) becomes a
     GraphQL-shaped 500 or 503 with a code and the correlation ID: never a stack trace. The
@@ -110,11 +105,7 @@ class ErrorShieldMiddleware:
                 # Too late for a clean answer; the server closes the connection.
                 return
             code = SERVICE_UNAVAILABLE if unavailable else INTERNAL_SERVER_ERROR
-            message = (
-                "A service this request needs is unavailable; retry later"
-                if unavailable
-                else "Internal server error"
-            )
+            message = UNAVAILABLE_MESSAGE if unavailable else "Internal server error"
             ERRORS.labels(code).inc()
             body = orjson.dumps(error_body(code, message))
             headers = [
