@@ -78,11 +78,11 @@ def create_app(
         path="/graphql",
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
-    )
-    router.edge = Edge(
-        settings=settings,
-        rate_limiter=RateLimiter(settings, redis, circuit),
-        persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+        edge=Edge(
+            settings=settings,
+            rate_limiter=RateLimiter(settings, redis, circuit),
+            persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+        ),
     )
     app.include_router(router)
     app.include_router(health_router)
@@ -97,7 +97,7 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
-            expose_headers=["X-Correlation-ID"],
+            expose_headers=["X-Correlation-ID", "Retry-After"],  # readable on a 429
             max_age=600,
         )
     app.add_middleware(CorrelationIdMiddleware)

@@ -78,7 +78,9 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
     """Strawberry's router with orjson on the hot paths of every request, and every error
     given its stable code."""
 
-    edge: Edge
+    def __init__(self, *args: Any, edge: Edge, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.edge = edge
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         try:
