@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list
     )
+    max_request_bytes: int = Field(default=1_000_000, ge=1)
     max_query_depth: int = Field(default=20, ge=1)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_tokens: int = Field(default=2000, ge=1)

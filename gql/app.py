@@ -17,7 +17,7 @@ from gql.deps import get_context
 from gql.graphiql import assets_router
 from gql.health import router as health_router
 from gql.metrics import OPERATION_NAMES
-from gql.middleware import CorrelationIdMiddleware, ErrorShieldMiddleware
+from gql.middleware import BodyLimitMiddleware, CorrelationIdMiddleware, ErrorShieldMiddleware
 from gql.ratelimit import RateLimiter
 from gql.router import Edge, FastJSONGraphQLRouter
 from gql.schema import build_schema, schema
@@ -90,6 +90,7 @@ def create_app(
         app.include_router(assets_router())
     # The last added is the outermost. The correlation ID is set before anything else runs;
     # CORS sits outside the shield, so a browser can read even a shielded 500.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:
         app.add_middleware(

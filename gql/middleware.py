@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.correlation import correlation_id_var
 from gql.errors import (
     INTERNAL_SERVER_ERROR,
+    REQUEST_TOO_LARGE,
     SERVICE_UNAVAILABLE,
     UNAVAILABLE_MESSAGE,
     error_body,
@@ -93,6 +94,9 @@ class ErrorShieldMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except RequestTooLarge as error:
+            if not started:
+                await _send_error(send, 413, REQUEST_TOO_LARGE, str(error))
         except Exception as error:
             unavailable = is_unavailable(error)
             logger.error(
@@ -104,21 +108,59 @@ class ErrorShieldMiddleware:
             if started:
                 # Too late for a clean answer; the server closes the connection.
                 return
-            code = SERVICE_UNAVAILABLE if unavailable else INTERNAL_SERVER_ERROR
-            message = UNAVAILABLE_MESSAGE if unavailable else "Internal server error"
-            ERRORS.labels(code).inc()
-            body = orjson.dumps(error_body(code, message))
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
             if unavailable:
-                headers.append((b"retry-after", b"1"))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503 if unavailable else 500,
-                    "headers": headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+                await _send_error(send, 503, SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE, retry=True)
+            else:
+                await _send_error(send, 500, INTERNAL_SERVER_ERROR, "Internal server error")
+
+
+async def _send_error(
+    send: Send, status: int, code: str, message: str, *, retry: bool = False
+) -> None:
+    ERRORS.labels(code).inc()
+    body = orjson.dumps(error_body(code, message))
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over `max_bytes` before it is read into memory: by its
+    Content-Length, or while it streams in when it has none (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        too_large = f"The request body exceeds {limit} bytes"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > limit:
+                    raise RequestTooLarge(too_large)
+                break
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestTooLarge(too_large)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -483,3 +483,26 @@ def test_the_client_ip_is_the_rightmost_hop_that_is_not_a_trusted_proxy(
 ) -> None:
     networks = [ip_network(network) for network in trusted]
     assert client_ip(peer, forwarded, networks) == expected
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(database_url: str) -> None:
+    big = json.dumps({"query": "{ __typename }", "variables": {"pad": "x" * 5000}}).encode()
+
+    async def chunks() -> Any:
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    async with app_client(database_url, max_request_bytes=4000) as (_, client):
+        sized = await client.post(
+            "/graphql", content=big, headers={"Content-Type": "application/json"}
+        )
+        streamed = await client.post(
+            "/graphql", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        small = await post(client, {"query": "{ __typename }"})
+    for response in (sized, streamed):
+        assert response.status_code == 413
+        assert error_codes(response.json()) == ["REQUEST_TOO_LARGE"]
+        correlation_id = response.json()["errors"][0]["extensions"]["correlationId"]
+        assert correlation_id == response.headers["x-correlation-id"]
+    assert small.status_code == 200
