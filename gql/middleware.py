@@ -130,7 +130,7 @@ async def _send_error(
 
 
 class RequestTooLarge(Exception):
-    pass
+    """Raised from `receive` (or before it) and answered 413 by the shield."""
 
 
 class BodyLimitMiddleware:
