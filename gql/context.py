@@ -45,6 +45,10 @@ class Context(BaseContext):
             loader = self._loaders[loader_class] = loader_class(self)
         return loader  # type: ignore[return-value]
 
+    def forget_loaded(self) -> None:
+        """Drop every loader (and its cache): after a write, loaded rows may be stale."""
+        self._loaders.clear()
+
     def require_viewer(self) -> Actor:
         if self.viewer is None:
             raise Unauthenticated(self.auth_error or "authentication required")

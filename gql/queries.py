@@ -9,12 +9,18 @@ from gql.context import Context, Info
 from gql.cursors import decode_cursor, encode_cursor
 from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
-from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.loaders import (
+    OrderByIdLoader,
+    ProductByIdLoader,
+    ReservationByIdLoader,
+    UserByIdLoader,
+)
 from gql.prefetch import prefetch_orders
 from gql.selection import FieldTree, field_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import Order, OrderStatus
 from gql.types.products import Product, ProductKind
+from gql.types.reservations import Reservation
 from gql.types.users import User
 from services import catalog, orders
 from services.errors import InvalidInput
@@ -85,6 +91,10 @@ class Query:
         if type_name == "User":
             context.require_viewer()
             return await _user(context, row_id)
+        if type_name == "Reservation":
+            context.require_viewer()
+            row = await context.loader(ReservationByIdLoader).load(row_id)
+            return None if row is None else Reservation.from_row(row)
         raise InvalidInput(f"ID {id!r} does not name a fetchable object")
 
     @strawberry.field(description="The authenticated user; null when anonymous.")

@@ -8,9 +8,11 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
+from gql.mutations import Mutation
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
+from gql.types.reservations import Reservation
 from gql.types.users import User
 
 
@@ -26,7 +28,8 @@ class Schema(strawberry.Schema):
 def build_schema(**overrides: Any) -> Schema:
     return Schema(
         query=Query,
-        types=[Product, Order, User],
+        mutation=Mutation,
+        types=[Product, Order, User, Reservation],
         extensions=[
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
