@@ -38,3 +38,7 @@ seed: install
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: worker
+worker: install  # deliver the notification outbox and sweep expired holds (run any number)
+	$(BIN)/python -m services.worker

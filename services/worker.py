@@ -81,11 +81,17 @@ async def _every(
 ) -> None:
     """Run `step` until `stop`; right away again after a full batch, else after `interval`.
     A failing step (database down…) is logged and retried after the interval, never fatal."""
+    failing = False
     while not stop.is_set():
         try:
             done = await step()
-        except Exception:  # the loop must outlive a bad moment of the database; logged
-            logger.exception("%s failed; retrying in %ss", name, interval)
+            failing = False
+        except Exception as error:  # the loop must outlive a bad moment of the database
+            if failing:  # the stack was logged when this run of failures began
+                logger.warning("%s still failing (%s); retrying in %ss", name, error, interval)
+            else:
+                logger.exception("%s failed; retrying in %ss", name, interval)
+            failing = True
             done = 0
         if done >= full:
             continue
