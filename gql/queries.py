@@ -20,9 +20,9 @@ from gql.selection import FieldTree, field_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import Order, OrderStatus
 from gql.types.products import Product, ProductKind
-from gql.types.reservations import Reservation
+from gql.types.reservations import Reservation, ReservationStatus
 from gql.types.users import User
-from services import catalog, orders
+from services import catalog, orders, reservations
 from services.errors import InvalidInput
 from services.pagination import check_page_size
 
@@ -174,6 +174,36 @@ class Query:
         await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
+            has_next=page.has_next,
+            has_previous=after is not None,
+        )
+
+    @strawberry.field(description="The viewer's reservations (holds), newest first.")
+    async def reservations(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        status: ReservationStatus | None = None,  # type: ignore[valid-type]
+    ) -> Connection[Reservation]:
+        context = info.context
+        actor = context.require_viewer()
+        limit = _page_size(context, first)
+        after_id = None
+        if after is not None:
+            (after_id,) = decode_cursor(after, "reservations", (int,))
+        page = await reservations.list_reservations(
+            context.session,
+            actor,
+            status=status,
+            after_id=int(str(after_id)) if after_id is not None else None,
+            limit=limit,
+        )
+        return connection_of(
+            [
+                (Reservation.from_row(row), encode_cursor("reservations", row.id))
+                for row in page.rows
+            ],
             has_next=page.has_next,
             has_previous=after is not None,
         )

@@ -23,6 +23,7 @@ from services.errors import (
     ReservationNotFound,
     ReservationNotHeld,
 )
+from services.pagination import Page, page_from
 
 RESERVATION_COLUMNS = (
     Reservation.id,
@@ -168,6 +169,37 @@ async def release_expired_holds(session: AsyncSession, *, limit: int) -> int:
         count += 1
     await stock.adjust(session, returned)
     return count
+
+
+async def list_reservations(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    status: ReservationStatus | None,
+    after_id: int | None,
+    limit: int,
+) -> Page[LightRow]:
+    """The actor's own reservations, newest first. A lapsed hold counts as EXPIRED, not HELD,
+    whether or not the sweeper has reached it yet."""
+    statement = readable_reservations(actor).where(Reservation.user_id == actor.user_id)
+    if status is ReservationStatus.HELD:
+        statement = statement.where(
+            Reservation.status == ReservationStatus.HELD, Reservation.expires_at > func.now()
+        )
+    elif status is ReservationStatus.EXPIRED:
+        statement = statement.where(
+            (Reservation.status == ReservationStatus.EXPIRED)
+            | (
+                (Reservation.status == ReservationStatus.HELD)
+                & (Reservation.expires_at <= func.now())
+            )
+        )
+    elif status is not None:
+        statement = statement.where(Reservation.status == status)
+    if after_id is not None:
+        statement = statement.where(Reservation.id < after_id)
+    statement = statement.order_by(Reservation.id.desc()).limit(limit + 1)
+    return page_from((await session.execute(statement)).all(), limit)
 
 
 async def readable_reservations_by_ids(

@@ -425,3 +425,23 @@ async def test_create_order_runs_the_same_statements_for_1_and_5_items(
     # viewer, idempotency lookup, product locks, order insert, stock update, items insert,
     # outbox insert; then the response's products through one loader batch.
     assert len(for_one) == len(for_five) == 8, for_five
+
+
+async def test_cancel_order_runs_the_same_statements_for_1_and_5_items(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    _, token = await factory.user()
+    products = await factory.products(5, stock=10)
+    one = await gql(CREATE_ORDER, order_input("one", (products[0], 1)), token=token)
+    five = await gql(CREATE_ORDER, order_input("five", *((p, 1) for p in products)), token=token)
+
+    counts = []
+    for body in (one, five):
+        statements.reset()
+        cancelled = await gql(
+            CANCEL_ORDER, {"id": body["data"]["createOrder"]["order"]["id"]}, token=token
+        )
+        assert cancelled["data"]["cancelOrder"]["__typename"] == "CancelOrderSuccess"
+        counts.append(statements.count)
+    # viewer, order, items, product locks, status update, stock update, outbox insert.
+    assert counts == [7, 7], statements.statements

@@ -12,7 +12,7 @@ from core.settings import Settings
 from db.models import Reservation
 from gql.ids import row_id_of, to_global_id
 from services.worker import sweep_once
-from tests.conftest import GraphQL, error_codes
+from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 from tests.test_checkout import CREATE_ORDER, pid, stock_of
 
@@ -280,3 +280,62 @@ async def test_unknown_reservation_ids_are_reservation_not_found(
     ghost = to_global_id("Reservation", 424_242)
     body = await gql(RELEASE, {"id": ghost}, token=token)
     assert body["data"]["releaseReservation"]["__typename"] == "ReservationNotFound"
+
+
+RESERVATIONS = """
+query Mine($first: Int, $after: String, $status: ReservationStatus) {
+  reservations(first: $first, after: $after, status: $status) {
+    edges { node { id status quantity product { id stock } } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+async def test_the_viewer_lists_their_own_holds_with_lapsed_ones_as_expired(
+    factory: Factory,
+    gql: GraphQL,
+    session_factory: async_sessionmaker[AsyncSession],
+    statements: StatementCounter,
+) -> None:
+    _, token = await factory.user()
+    _, other = await factory.user()
+    products = await factory.products(3, stock=10)
+    ids = [(await reserve(gql, token, product, 1))["reservation"]["id"] for product in products]
+    await reserve(gql, other, products[0], 1)
+    await expire(session_factory, ids[0])
+
+    statements.reset()
+    everything = await gql(RESERVATIONS, {"first": 2}, token=token)
+    assert statements.count == 3, statements.statements  # viewer, reservations, products
+    page = everything["data"]["reservations"]
+    assert [edge["node"]["id"] for edge in page["edges"]] == [ids[2], ids[1]]
+    assert page["pageInfo"]["hasNextPage"] is True
+    rest = await gql(
+        RESERVATIONS, {"first": 2, "after": page["pageInfo"]["endCursor"]}, token=token
+    )
+    assert [edge["node"] for edge in rest["data"]["reservations"]["edges"]] == [
+        {
+            "id": ids[0],
+            "status": "EXPIRED",
+            "quantity": 1,
+            "product": {"id": pid(products[0]), "stock": 8},
+        }
+    ]
+    held = await gql(RESERVATIONS, {"status": "HELD"}, token=token)
+    expired = await gql(RESERVATIONS, {"status": "EXPIRED"}, token=token)
+    assert [e["node"]["id"] for e in held["data"]["reservations"]["edges"]] == [ids[2], ids[1]]
+    assert [e["node"]["id"] for e in expired["data"]["reservations"]["edges"]] == [ids[0]]
+    assert error_codes(await gql(RESERVATIONS, {})) == ["UNAUTHENTICATED"]
+
+
+async def test_holding_an_unknown_product_is_product_not_found(
+    factory: Factory, gql: GraphQL
+) -> None:
+    _, token = await factory.user()
+    body = await gql(
+        RESERVE,
+        {"input": {"productId": to_global_id("Product", 777), "quantity": 1}},
+        token=token,
+    )
+    assert body["data"]["reserveProduct"]["__typename"] == "ProductNotFound"
