@@ -39,7 +39,11 @@ class Reservation(Node):
     def from_row(cls, row: Any) -> "Reservation":
         status = row.status
         # A lapsed hold is no hold: never show it as HELD, whether or not it was swept yet.
-        if status is ReservationStatusModel.HELD and row.expires_at <= datetime.now(UTC):
+        # The database's verdict (`lapsed`, by its clock) wins when the row carries it.
+        lapsed = getattr(row, "lapsed", None)
+        if lapsed is None:
+            lapsed = row.expires_at <= datetime.now(UTC)
+        if status is ReservationStatusModel.HELD and lapsed:
             status = ReservationStatusModel.EXPIRED
         return cls(
             id=strawberry.ID(to_global_id("Reservation", row.id)),
