@@ -296,3 +296,16 @@ async def test_a_webhook_error_answer_is_a_failed_attempt(
     (note,) = await notifications(session_factory)
     assert (note.status, note.attempts) == (NotificationStatus.PENDING, 1)
     assert note.last_error is not None and str(status) in note.last_error
+
+
+async def test_the_worker_imports_neither_fastapi_nor_strawberry() -> None:
+    check = (
+        "import sys, services.worker; "
+        "leaked = [m for m in ('fastapi', 'starlette', 'strawberry') if m in sys.modules]; "
+        "sys.exit(', '.join(leaked) or None)"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", check, cwd=PROJECT_ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
