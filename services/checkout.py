@@ -33,6 +33,8 @@ from services.reservations import check_not_lapsed, readable_reservations
 
 IDEMPOTENCY_CONSTRAINT = "uq_orders_user_id_idempotency_key"
 CANCELLABLE = (OrderStatus.PENDING, OrderStatus.CONFIRMED)
+# orders.total_amount is NUMERIC(12, 2).
+MAX_TOTAL = Decimal(10) ** 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,8 @@ async def create_order(
     await _check_stock(session, products, from_stock)
 
     total = sum((products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
+    if total >= MAX_TOTAL:
+        raise InvalidInput("the order total is beyond what one order may hold; split the order")
     order = await _insert_order(session, actor, request, total=total, currency=currencies[0])
     if holds:
         await _confirm_holds(session, actor, request.reservation_ids, order_id=order.id)

@@ -445,3 +445,13 @@ async def test_cancel_order_runs_the_same_statements_for_1_and_5_items(
         counts.append(statements.count)
     # viewer, order, items, product locks, status update, stock update, outbox insert.
     assert counts == [7, 7], statements.statements
+
+
+async def test_a_total_beyond_the_money_column_is_bad_user_input(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await factory.user()
+    jet = await factory.product(price="9999999999.99", stock=5)
+    body = await gql(CREATE_ORDER, order_input("k", (jet, 2)), token=token)
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert await stock_of(session_factory, jet) == 5
