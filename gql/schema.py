@@ -9,9 +9,11 @@ from strawberry.types import ExecutionContext
 from gql.errors import log_unexpected
 from gql.execution import CompiledExecutionContext
 from gql.federation import SubgraphSchema
+from gql.mutations import Mutation
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
+from gql.types.reservations import Reservation
 from gql.types.users import User
 
 
@@ -28,7 +30,8 @@ def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
     overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
-        types=[Product, Order, User],
+        mutation=Mutation,
+        types=[Product, Order, User, Reservation],
         extensions=[
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
