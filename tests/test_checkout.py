@@ -357,8 +357,10 @@ async def test_a_bad_input_after_a_success_keeps_the_success_committed(
         },
         token=token,
     )
-    # Payloads are non-null, so the error of the second nulls `data`; the first is committed.
+    # Only the failing field is null: the first one's result, committed, stays visible.
     assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert body["data"]["first"]["__typename"] == "CreateOrderSuccess"
+    assert body["data"]["second"] is None
     assert await stock_of(session_factory, product) == 2
     assert await units_sold(session_factory, product) == 1
 
