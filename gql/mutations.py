@@ -170,7 +170,9 @@ class Mutation:
         return ReserveProductSuccess(reservation=Reservation.from_row(row))
 
     @strawberry.mutation(description="End a hold early; its stock comes back.")
-    async def release_reservation(self, info: Info, id: strawberry.ID) -> ReleaseReservationPayload | None:
+    async def release_reservation(
+        self, info: Info, id: strawberry.ID
+    ) -> ReleaseReservationPayload | None:
         context = info.context
         actor = context.require_viewer()
         reservation_id = row_id_of(id, "Reservation")
