@@ -65,3 +65,7 @@ browser:
 
 run: assets
 test: assets gateway-packages browser
+
+.PHONY: worker
+worker: install  # deliver the notification outbox and sweep expired holds (run any number)
+	$(BIN)/python -m services.worker

@@ -87,6 +87,26 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = None
     metrics_max_operation_names: int = Field(default=200, ge=0)
 
+    # Writes (mutations). Limits of one order and one hold; attempts of a transaction that hit
+    # a deadlock or serialization failure before the client is told anything went wrong.
+    max_order_items: int = Field(default=50, ge=1)
+    max_item_quantity: int = Field(default=100, ge=1)
+    max_idempotency_key_length: int = Field(default=128, ge=1, le=128)
+    hold_ttl_min_seconds: int = Field(default=60, ge=1)
+    hold_ttl_max_seconds: int = Field(default=3600, ge=1)
+    db_transaction_attempts: int = Field(default=4, ge=1)
+
+    # Outbox worker (`python -m services.worker`) and its expired-holds sweeper.
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    outbox_batch_size: int = Field(default=10, ge=1)
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    hold_sweep_batch_size: int = Field(default=500, ge=1)
+
     # Demo data seeded into an empty database by `make run`.
     seed_users: int = Field(default=50, ge=1)
     seed_products: int = Field(default=500, ge=1)

@@ -53,6 +53,10 @@ class Context(BaseContext):
         async with self.db_lock:
             return await operation(self.session, *args, **kwargs)
 
+    def forget_loaded(self) -> None:
+        """Drop every loader (and its cache): after a write, loaded rows may be stale."""
+        self._loaders.clear()
+
     def require_viewer(self) -> Actor:
         if self.viewer is None:
             raise Unauthenticated(self.auth_error or "authentication required")

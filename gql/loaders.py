@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiodataloader import DataLoader
 
-from services import catalog, orders, users
+from services import catalog, orders, reservations, users
 
 if TYPE_CHECKING:
     from gql.context import Context
@@ -70,4 +70,16 @@ class UserByIdLoader(_SessionLoader):
         actor = self.context.require_viewer()
         async with self.context.db_lock:
             found = await users.readable_users_by_ids(self.context.session, actor, keys)
+        return [found.get(key) for key in keys]
+
+
+class ReservationByIdLoader(_SessionLoader):
+    """Only reservations the viewer may read; others come back as None, like missing ones."""
+
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
+        actor = self.context.require_viewer()
+        async with self.context.db_lock:
+            found = await reservations.readable_reservations_by_ids(
+                self.context.session, actor, keys
+            )
         return [found.get(key) for key in keys]

@@ -9,14 +9,20 @@ from gql.context import Context, Info
 from gql.cursors import decode_cursor, encode_cursor
 from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
-from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.loaders import (
+    OrderByIdLoader,
+    ProductByIdLoader,
+    ReservationByIdLoader,
+    UserByIdLoader,
+)
 from gql.prefetch import prefetch_orders
 from gql.selection import FieldTree, columns_for, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS, Order, OrderStatus
 from gql.types.products import Product, ProductKind
+from gql.types.reservations import Reservation, ReservationStatus
 from gql.types.users import User
-from services import catalog, orders
+from services import catalog, orders, reservations
 from services.errors import InvalidInput
 from services.pagination import check_page_size
 
@@ -81,6 +87,10 @@ class Query:
         if type_name == "User":
             context.require_viewer()
             return await _user(context, row_id)
+        if type_name == "Reservation":
+            context.require_viewer()
+            row = await context.loader(ReservationByIdLoader).load(row_id)
+            return None if row is None else Reservation.from_row(row)
         raise InvalidInput(f"ID {id!r} does not name a fetchable object")
 
     @strawberry.field(description="The authenticated user; null when anonymous.")
@@ -162,6 +172,36 @@ class Query:
         await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
+            has_next=page.has_next,
+            has_previous=after is not None,
+        )
+
+    @strawberry.field(description="The viewer's reservations (holds), newest first.")
+    async def reservations(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        status: ReservationStatus | None = None,  # type: ignore[valid-type]
+    ) -> Connection[Reservation]:
+        context = info.context
+        actor = context.require_viewer()
+        limit = _page_size(context, first)
+        after_id = None
+        if after is not None:
+            (after_id,) = decode_cursor(after, "reservations", (int,))
+        page = await context.query(
+            reservations.list_reservations,
+            actor,
+            status=status,
+            after_id=int(str(after_id)) if after_id is not None else None,
+            limit=limit,
+        )
+        return connection_of(
+            [
+                (Reservation.from_row(row), encode_cursor("reservations", row.id))
+                for row in page.rows
+            ],
             has_next=page.has_next,
             has_previous=after is not None,
         )

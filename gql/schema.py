@@ -10,9 +10,11 @@ from gql.errors import log_unexpected
 from gql.execution import CompiledExecutionContext
 from gql.extensions import EdgeExtension
 from gql.federation import SubgraphSchema
+from gql.mutations import Mutation
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
+from gql.types.reservations import Reservation
 from gql.types.users import User
 
 
@@ -29,7 +31,8 @@ def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
     overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
-        types=[Product, Order, User],
+        mutation=Mutation,
+        types=[Product, Order, User, Reservation],
         extensions=[
             # Before the caches: sets the parser's token limit and adds the depth, alias and
             # cost rule to validation (both cached with them); times the operation.

@@ -79,7 +79,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-POOL_PING_STATEMENTS = frozenset({"BEGIN;", ";", "ROLLBACK;"})
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
 DRIVER_INTROSPECTION = ("typeinfo_tree", "current_setting('jit')", "set_config('jit'")
 
 
@@ -94,10 +94,14 @@ class StatementCounter:
         self.statements.append(statement)
 
     def on_driver_query(self, record: Any) -> None:
-        # Not the request's work: the pool's pre-ping (BEGIN; ";"; ROLLBACK on checkout), and
-        # asyncpg's type introspection, run once per new connection for array parameters.
+        # Not the request's queries: transaction control (SQLAlchemy's adapter sends BEGIN and
+        # COMMIT through the driver; the SQLAlchemy side of the count never saw them), the
+        # pool's pre-ping (BEGIN; ";"; ROLLBACK), and asyncpg's type introspection, run once
+        # per new connection for array parameters.
         query = record.query
-        if query in POOL_PING_STATEMENTS or any(mark in query for mark in DRIVER_INTROSPECTION):
+        if query.startswith(TRANSACTION_CONTROL) or query == ";":
+            return
+        if any(mark in query for mark in DRIVER_INTROSPECTION):
             return
         self.statements.append(query)
 
