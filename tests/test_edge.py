@@ -17,6 +17,7 @@ from graphql import get_introspection_query
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gql.ids import to_global_id
 from gql.ratelimit import client_ip
 from tests.conftest import StatementCounter, error_codes
 from tests.edge_support import app_client, captured_logs, free_port
@@ -506,3 +507,48 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(database_url: 
         correlation_id = response.json()["errors"][0]["extensions"]["correlationId"]
         assert correlation_id == response.headers["x-correlation-id"]
     assert small.status_code == 200
+
+
+CREATE_ORDER = """
+mutation Create($input: CreateOrderInput!) {
+  createOrder(input: $input) { __typename }
+}
+"""
+
+
+async def test_the_create_order_limit_refuses_a_user_before_the_mutation_runs(
+    database_url: str, factory: Factory, engine: AsyncEngine
+) -> None:
+    (_, alice), (_, bob) = await factory.user(), await factory.user()
+    product = await factory.product(stock=100)
+    product_id = to_global_id("Product", product.id)
+    async with app_client(database_url, rate_limit_fields={"createOrder": "2/minute"}) as (
+        app,
+        client,
+    ):
+
+        async def create(token: str, key: str) -> httpx.Response:
+            items = [{"productId": product_id, "quantity": 1}]
+            variables = {"input": {"idempotencyKey": key, "items": items}}
+            body = {"query": CREATE_ORDER, "variables": variables}
+            return await post(client, body, Authorization=f"Bearer {token}")
+
+        passed = [await create(alice, f"k{n}") for n in range(2)]
+        counter = StatementCounter()
+        sync_engine = app.state.engine.sync_engine
+        event.listen(sync_engine, "before_cursor_execute", counter.on_cursor_execute)
+        event.listen(sync_engine.pool, "checkout", counter.on_checkout)
+        refused = await create(alice, "k3")
+        statements_of_refusal = list(counter.statements)
+        other_user = await create(bob, "k1")
+    assert [r.json()["data"]["createOrder"]["__typename"] for r in passed] == [
+        "CreateOrderSuccess",
+        "CreateOrderSuccess",
+    ]
+    assert refused.status_code == 429
+    assert error_codes(refused.json()) == ["RATE_LIMITED"]
+    assert len(statements_of_refusal) == 1, statements_of_refusal  # the token's user, no more
+    assert other_user.json()["data"]["createOrder"]["__typename"] == "CreateOrderSuccess"
+    async with engine.connect() as connection:
+        stock = await connection.scalar(text(f"SELECT stock FROM products WHERE id = {product.id}"))
+    assert stock == 97
