@@ -2,7 +2,6 @@
 the hold. Whoever moves a hold out of HELD (one conditional UPDATE) is the one who acts on its
 stock, so it comes back exactly once however many releases and sweepers race for it."""
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -151,24 +150,8 @@ async def release_expired_holds(session: AsyncSession, *, limit: int) -> int:
     if not rows:
         return 0
     await stock.lock_products(session, {row.product_id for row in rows})
-    expired = await session.execute(
-        update(Reservation)
-        .where(
-            equals_any(Reservation.id, [row.id for row in rows]),
-            Reservation.status == ReservationStatus.HELD,
-            Reservation.expires_at <= func.now(),
-        )
-        .values(status=ReservationStatus.EXPIRED, updated_at=func.now())
-        .returning(Reservation.product_id, Reservation.quantity)
-        .execution_options(synchronize_session=False)
-    )
-    returned: dict[int, int] = defaultdict(int)
-    count = 0
-    for row in expired:
-        returned[row.product_id] += row.quantity
-        count += 1
-    await stock.adjust(session, returned)
-    return count
+    which = equals_any(Reservation.id, [row.id for row in rows])
+    return len(await stock.expire_lapsed_holds(session, which))
 
 
 async def list_reservations(

@@ -8,7 +8,7 @@ order rows the use case changes.
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any
@@ -46,16 +46,15 @@ async def adjust(session: AsyncSession, deltas: Mapping[int, int]) -> None:
     await session.execute(_ADJUST, {"ids": ids, "deltas": [changes[i] for i in ids]})
 
 
-async def reclaim_expired_holds(
-    session: AsyncSession, product_ids: Iterable[int]
-) -> dict[int, int]:
-    """Expire the lapsed holds on products whose locks the caller holds, and give their stock
-    back. The conditional UPDATE decides, row by row, who expires a hold: whoever it returns
-    the row to (this call, a sweeper or a release), so stock comes back exactly once."""
+async def expire_lapsed_holds(session: AsyncSession, which: ColumnElement[bool]) -> list[LightRow]:
+    """Expire the lapsed HELD reservations among `which`, give their stock back, and return
+    the (product_id, quantity) of each hold this call expired. The caller holds the products'
+    locks. The conditional UPDATE decides, row by row, who expires a hold: whoever it returns
+    the row to (this call, another sweeper or a release), so stock comes back exactly once."""
     statement = (
         update(Reservation)
         .where(
-            equals_any(Reservation.product_id, sorted(set(product_ids))),
+            which,
             Reservation.status == ReservationStatus.HELD,
             Reservation.expires_at <= func.now(),
         )
@@ -63,8 +62,22 @@ async def reclaim_expired_holds(
         .returning(Reservation.product_id, Reservation.quantity)
         .execution_options(synchronize_session=False)
     )
-    returned: dict[int, int] = defaultdict(int)
-    for row in await session.execute(statement):
-        returned[row.product_id] += row.quantity
-    await adjust(session, returned)
-    return dict(returned)
+    expired = list((await session.execute(statement)).all())
+    await adjust(session, units_by_product(expired))
+    return expired
+
+
+def units_by_product(holds: Iterable[LightRow]) -> dict[int, int]:
+    units: dict[int, int] = defaultdict(int)
+    for hold in holds:
+        units[hold.product_id] += hold.quantity
+    return dict(units)
+
+
+async def reclaim_expired_holds(
+    session: AsyncSession, product_ids: Iterable[int]
+) -> dict[int, int]:
+    """Expire the lapsed holds on products whose locks the caller holds (an order or a hold
+    that finds too little stock reclaims them instead of waiting for the sweeper)."""
+    which = equals_any(Reservation.product_id, sorted(set(product_ids)))
+    return units_by_product(await expire_lapsed_holds(session, which))
