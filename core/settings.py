@@ -29,8 +29,7 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_statement_cache_size: int = Field(default=500, ge=0)
-    # Checks each connection on checkout; with asyncpg that is BEGIN, a ping and ROLLBACK: three
-    # round trips per request, so it can be turned off where connections are known stable.
+    # Ping each connection on checkout (one round trip), replacing those the server dropped.
     db_pool_pre_ping: bool = True
 
     # Redis (rate limits, persisted queries). Optional for a single local process.

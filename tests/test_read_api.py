@@ -3,6 +3,7 @@
 import base64
 from decimal import Decimal
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.compiled import driver_connection
@@ -10,6 +11,7 @@ from db.models import OrderStatus, ProductKind
 from gql.ids import to_global_id
 from services.catalog import products_by_ids
 from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.databases import libpq_dsn
 from tests.factories import Factory
 
 ORDER_HISTORY = """
@@ -353,3 +355,25 @@ async def test_lists_read_only_the_columns_of_selected_fields(
     selected = node["items"][0]["product"]
     assert selected["description"] == "" and selected["createdAt"]
     assert selected["price"]["amount"] == "12.50"
+
+
+async def test_connections_dropped_by_the_server_are_replaced_unseen(
+    factory: Factory, gql: GraphQL, database_url: str
+) -> None:
+    """A database restart or an idle timeout kills pooled connections: the checkout ping
+    notices and the pool hands out a fresh one, so no request fails."""
+    await factory.product(name="Survivor")
+    query = "{ products(first: 1) { edges { node { name } } } }"
+    assert "errors" not in await gql(query)
+    connection = await asyncpg.connect(libpq_dsn(database_url))
+    try:
+        killed = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    assert killed >= 1
+    for _ in range(3):
+        body = await gql(query)
+        assert body["data"]["products"]["edges"][0]["node"]["name"] == "Survivor", body
