@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test lint format seed clean
+.PHONY: install run test lint format seed clean bench
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -38,3 +38,17 @@ seed: install
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+
+# `make bench ARGS="--only order_history --targets floor,ours --duration 5"`: see README.
+# A measurement, not a test; it needs wrk (Debian package) and PostGraphile (npm ci).
+PG_BENCH := bench/postgraphile
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(PG_BENCH)/node_modules/.installed-stamp: $(PG_BENCH)/package.json $(PG_BENCH)/package-lock.json
+	cd $(PG_BENCH) && npm ci --no-audit --no-fund
+	touch $@
+
+bench: install $(PG_BENCH)/node_modules/.installed-stamp
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	$(BIN)/python -m bench $(ARGS)
