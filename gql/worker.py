@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gunicorn.glogging import Logger
+from gunicorn.glogging import Logger, SafeAtoms
 from uvicorn_worker import UvicornWorker
 
 Scope = MutableMapping[str, Any]
@@ -19,17 +19,21 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class JsonAccessLogger(Logger):
-    """gunicorn's logger whose access-log atoms are JSON-escaped, so that an
-    `access_log_format` written as a JSON object stays valid JSON whatever a client sends
-    (quotes in a User-Agent, control characters in a path...)."""
+class JsonAtoms(SafeAtoms):
+    """gunicorn's access-log atoms JSON-escaped (gunicorn's own only escape double quotes),
+    so that an `access_log_format` written as a JSON object stays valid JSON whatever a client
+    sends: quotes or backslashes in a User-Agent, control characters in a path..."""
 
-    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
-        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        return {
-            key: json.dumps(value)[1:-1] if isinstance(value, str) else value
-            for key, value in atoms.items()
-        }
+    def __init__(self, atoms: dict[str, Any]) -> None:
+        dict.__init__(self)
+        for key, value in atoms.items():
+            self[key] = json.dumps(value)[1:-1] if isinstance(value, str) else value
+
+
+class JsonAccessLogger(Logger):
+    """gunicorn's logger with JSON-safe access-log atoms and ISO 8601 UTC times."""
+
+    atoms_wrapper_class = JsonAtoms
 
     def now(self) -> str:
         return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
