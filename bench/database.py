@@ -72,6 +72,24 @@ class BenchDatabase:
         self.run(lambda connection: connection.execute(query, *args))
 
 
+def statements_executed(db: BenchDatabase) -> int | None:
+    """Statements run so far in this database per pg_stat_statements, when it is installed
+    (a non-embedded database; the embedded one has no such extension: the harness counts its
+    log instead). This query itself is counted by the next call."""
+
+    async def total(connection: asyncpg.Connection) -> int | None:
+        try:
+            value = await connection.fetchval(
+                "SELECT sum(calls) FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        except asyncpg.PostgresError:
+            return None
+        return int(value or 0)
+
+    return db.run(total)
+
+
 def open_database(database_url: str | None, data_dir: Path) -> BenchDatabase:
     """The given database, else the embedded one in `data_dir` (started, kept for this run)."""
     if database_url:
