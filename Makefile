@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format seed clean bench
+.PHONY: install run test lint format seed clean schema assets gateway-packages browser bench
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -39,16 +40,41 @@ seed: install
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
+# The SDL contract: tests/test_schema_contract.py fails until schema.graphql matches the code.
+schema: install
+	$(BIN)/python -m gql.export_schema
+
+# Node packages pinned by lock files: GraphiQL's assets (served by the app) and the federation
+# gateway of the tests. `npm ci` runs only when a lock changed (the stamp holds its hash).
+NPM_STAMP := node_modules/.npm-ci-lock-sha256
+%/$(NPM_STAMP): %/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $* && npm ci --no-audit --no-fund --prefer-offline --loglevel=error \
+	  && sha256sum package-lock.json | cut -d' ' -f1 > $(NPM_STAMP); \
+	else echo "npm not found: $* not installed (tests that need it are skipped)"; fi
+
+assets: gql/static/$(NPM_STAMP)
+gateway-packages: tests/gateway/$(NPM_STAMP)
+
+# Debian's Chromium for the browser test of GraphiQL, installed once (apt needs root).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    -o DPkg::Lock::Timeout=300 chromium; \
+	else echo "chromium missing and not root: the GraphiQL browser test will be skipped"; fi
+
+run: assets
+test: assets gateway-packages browser
+
+.PHONY: worker
+worker: install  # deliver the notification outbox and sweep expired holds (run any number)
+	$(BIN)/python -m services.worker
+
 # `make bench ARGS="--only order_history --targets floor,ours --duration 5"`: see README.
 # A measurement, not a test; it needs wrk (Debian package) and PostGraphile (npm ci).
-PG_BENCH := bench/postgraphile
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-$(PG_BENCH)/node_modules/.installed-stamp: $(PG_BENCH)/package.json $(PG_BENCH)/package-lock.json
-	cd $(PG_BENCH) && npm ci --no-audit --no-fund
-	touch $@
-
-bench: install $(PG_BENCH)/node_modules/.installed-stamp
-	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk \
-		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+bench: install bench/postgraphile/$(NPM_STAMP)
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=300 wrk \
+		|| { $(SUDO) apt-get update -q \
+		  && $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=300 wrk; }
 	$(BIN)/python -m bench $(ARGS)

@@ -1,11 +1,12 @@
 """Service settings, read once from the environment (and an optional `.env` file)."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_statement_cache_size: int = Field(default=500, ge=0)
+    # Checks each connection on checkout; with asyncpg that is BEGIN, a ping and ROLLBACK: three
+    # round trips per request, so it can be turned off where connections are known stable.
+    db_pool_pre_ping: bool = True
 
     # Redis (rate limits, persisted queries). Optional for a single local process.
     redis_url: str | None = None
@@ -33,6 +37,10 @@ class Settings(BaseSettings):
     # HTTP serving.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    # Browser frontends allowed to call the API cross-origin, e.g.
+    # CORS_ORIGINS=https://app.example.com,https://admin.example.com (or a JSON list).
+    cors_origins: Annotated[list[str], NoDecode] = []
 
     # Production serving under gunicorn (gunicorn.conf.py). WEB_CONCURRENCY unset: from the
     # CPU count. BIND unset: HOST:PORT.
@@ -49,11 +57,41 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=100, ge=1)
     default_page_size: int = Field(default=20, ge=1)
 
+    # Writes (mutations). Limits of one order and one hold; attempts of a transaction that hit
+    # a deadlock or serialization failure before the client is told anything went wrong.
+    max_order_items: int = Field(default=50, ge=1)
+    max_item_quantity: int = Field(default=100, ge=1)
+    max_idempotency_key_length: int = Field(default=128, ge=1, le=128)
+    hold_ttl_min_seconds: int = Field(default=60, ge=1)
+    hold_ttl_max_seconds: int = Field(default=3600, ge=1)
+    db_transaction_attempts: int = Field(default=4, ge=1)
+
+    # Outbox worker (`python -m services.worker`) and its expired-holds sweeper.
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    outbox_batch_size: int = Field(default=10, ge=1)
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    hold_sweep_batch_size: int = Field(default=500, ge=1)
+
     # Demo data seeded into an empty database by `make run`.
     seed_users: int = Field(default=50, ge=1)
     seed_products: int = Field(default=500, ge=1)
     seed_orders: int = Field(default=2000, ge=0)
     seed: int = 42
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
 
     @property
     def is_production(self) -> bool:

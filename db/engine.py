@@ -18,7 +18,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.db_pool_pre_ping,
         connect_args={
             "prepared_statement_cache_size": settings.db_statement_cache_size,
             "server_settings": {"application_name": "booking-gateway"},

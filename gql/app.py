@@ -6,8 +6,11 @@ from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse, process_result
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.types import ExecutionResult
 
 from core.settings import Settings, get_settings
@@ -15,7 +18,8 @@ from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
 from gql.deps import get_context
 from gql.errors import with_codes
-from gql.schema import schema
+from gql.graphiql import assets_router, graphiql_html
+from gql.schema import build_schema, schema
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,19 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        # A browser opening a shared link (`/graphql?query=…`) gets GraphiQL with the query in
+        # its editor; API clients (no text/html in Accept) still get the result of a GET.
+        return super().should_render_graphql_ide(request) or (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        )
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
+        return HTMLResponse(graphiql_html())
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -61,12 +78,24 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     )
     app.state.settings = settings
     router = FastJSONGraphQLRouter(
-        schema,
+        # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
+        build_schema(introspection=False) if settings.is_production else schema,
         path="/graphql",
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
     )
     app.include_router(router)
+    if not settings.is_production:
+        app.include_router(assets_router())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
+            expose_headers=["X-Correlation-ID"],
+            max_age=600,
+        )
     return app
 
 

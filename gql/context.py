@@ -1,7 +1,8 @@
 """The per-request GraphQL context: session, viewer, loaders, background tasks."""
 
 import asyncio
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiodataloader import DataLoader
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,7 @@ from gql.errors import Unauthenticated
 from services.auth import Actor
 
 LoaderT = TypeVar("LoaderT", bound=DataLoader)
+T = TypeVar("T")
 
 
 class Context(BaseContext):
@@ -44,6 +46,16 @@ class Context(BaseContext):
         if loader is None:
             loader = self._loaders[loader_class] = loader_class(self)
         return loader  # type: ignore[return-value]
+
+    async def query(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`operation(session, ...)` with the session to itself: root fields of one document run
+        concurrently, and one connection cannot run two statements at once."""
+        async with self.db_lock:
+            return await operation(self.session, *args, **kwargs)
+
+    def forget_loaded(self) -> None:
+        """Drop every loader (and its cache): after a write, loaded rows may be stale."""
+        self._loaders.clear()
 
     def require_viewer(self) -> Actor:
         if self.viewer is None:

@@ -3,7 +3,8 @@ cursor from one ordering cannot be replayed against another."""
 
 import base64
 import binascii
-import json
+
+import orjson
 
 from services.errors import InvalidInput
 
@@ -11,7 +12,7 @@ MAX_CURSOR_LENGTH = 500
 
 
 def encode_cursor(ordering: str, *key: str | int) -> str:
-    payload = json.dumps([ordering, *key], separators=(",", ":")).encode()
+    payload = orjson.dumps([ordering, *key])
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
@@ -21,8 +22,8 @@ def decode_cursor(cursor: str, ordering: str, key_types: tuple[type, ...]) -> tu
         raise InvalidInput("malformed cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        payload = orjson.loads(base64.urlsafe_b64decode(padded))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError) as exc:
         raise InvalidInput("malformed cursor") from exc
     if not isinstance(payload, list) or len(payload) != len(key_types) + 1:
         raise InvalidInput("malformed cursor")

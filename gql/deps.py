@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
 from gql.context import Context
-from services.auth import Actor, user_for_token
+from services.auth import Actor, actor_for_token
 
 MAX_TOKEN_LENGTH = 200
 
@@ -22,7 +22,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread per request.
     settings: Settings = request.app.state.settings
     return settings
 
@@ -46,10 +47,10 @@ async def get_viewer(request: Request, session: SessionDep) -> Viewer:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
         return Viewer(actor=None, error="malformed Authorization header: use 'Bearer <token>'")
-    user = await user_for_token(session, token)
-    if user is None:
+    actor = await actor_for_token(session, token)
+    if actor is None:
         return Viewer(actor=None, error="invalid API token")
-    return Viewer(actor=Actor(user_id=user.id, is_admin=user.is_admin))
+    return Viewer(actor=actor)
 
 
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]

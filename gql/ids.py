@@ -2,12 +2,14 @@
 
 import base64
 import binascii
+from functools import lru_cache
 
 from services.errors import InvalidInput
 
 MAX_GLOBAL_ID_LENGTH = 100
 
 
+@lru_cache(maxsize=65536)
 def to_global_id(type_name: str, row_id: int) -> str:
     return base64.urlsafe_b64encode(f"{type_name}:{row_id}".encode()).decode().rstrip("=")
 

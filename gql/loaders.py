@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiodataloader import DataLoader
 
-from services import catalog, orders, users
+from services import catalog, orders, reservations, users
 
 if TYPE_CHECKING:
     from gql.context import Context
@@ -19,11 +19,30 @@ class _SessionLoader(DataLoader):  # type: ignore[misc]
         super().__init__()
         self.context = context
 
+    async def load_level(self, keys: Sequence[Any], *, alone: bool) -> list[Any]:
+        """A level's distinct keys in one batch. Below a list field (`alone`) the level is
+        already the whole batch, so skip the per-key futures of `load_many`: they cost more
+        than the query for a page of orders. Below a single-object field (`node` under
+        aliases, `_entities`) siblings may want the same level: join the queue to batch."""
+        if alone:
+            return await self.batch_load_fn(keys)  # type: ignore[no-any-return]
+        return await self.load_many(keys)  # type: ignore[no-any-return]
+
 
 class ProductByIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         async with self.context.db_lock:
             found = await catalog.products_by_ids(self.context.session, keys)
+        return [found.get(key) for key in keys]
+
+    async def load_level(
+        self, keys: Sequence[Any], *, alone: bool, columns: tuple[str, ...] | None = None
+    ) -> list[Any]:
+        """As `_SessionLoader.load_level`; a list's level also reads only `columns`."""
+        if not alone:
+            return await self.load_many(keys)  # type: ignore[no-any-return]
+        async with self.context.db_lock:
+            found = await catalog.products_by_ids(self.context.session, keys, columns=columns)
         return [found.get(key) for key in keys]
 
 
@@ -51,4 +70,16 @@ class UserByIdLoader(_SessionLoader):
         actor = self.context.require_viewer()
         async with self.context.db_lock:
             found = await users.readable_users_by_ids(self.context.session, actor, keys)
+        return [found.get(key) for key in keys]
+
+
+class ReservationByIdLoader(_SessionLoader):
+    """Only reservations the viewer may read; others come back as None, like missing ones."""
+
+    async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
+        actor = self.context.require_viewer()
+        async with self.context.db_lock:
+            found = await reservations.readable_reservations_by_ids(
+                self.context.session, actor, keys
+            )
         return [found.get(key) for key in keys]

@@ -9,14 +9,20 @@ from gql.context import Context, Info
 from gql.cursors import decode_cursor, encode_cursor
 from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
-from gql.loaders import OrderByIdLoader, ProductByIdLoader, UserByIdLoader
+from gql.loaders import (
+    OrderByIdLoader,
+    ProductByIdLoader,
+    ReservationByIdLoader,
+    UserByIdLoader,
+)
 from gql.prefetch import prefetch_orders
-from gql.selection import FieldTree, field_tree, subtree
+from gql.selection import FieldTree, columns_for, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
-from gql.types.orders import Order, OrderStatus
+from gql.types.orders import ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS, Order, OrderStatus
 from gql.types.products import Product, ProductKind
+from gql.types.reservations import Reservation, ReservationStatus
 from gql.types.users import User
-from services import catalog, orders
+from services import catalog, orders, reservations
 from services.errors import InvalidInput
 from services.pagination import check_page_size
 
@@ -41,10 +47,6 @@ class ProductFilter:
         )
 
 
-def _selection(info: Info) -> FieldTree:
-    return field_tree(info.selected_fields[0].selections)
-
-
 def _page_size(context: Context, first: int | None) -> int:
     settings = context.settings
     return check_page_size(
@@ -57,7 +59,7 @@ async def _order(context: Context, row_id: int, wanted: FieldTree) -> Order | No
     if row is None:
         return None
     order = Order.from_row(row)
-    await prefetch_orders(context, [order], wanted)
+    await prefetch_orders(context, [order], wanted, alone=False)
     return order
 
 
@@ -81,10 +83,14 @@ class Query:
             return await _product(context, row_id)
         if type_name == "Order":
             context.require_viewer()
-            return await _order(context, row_id, _selection(info))
+            return await _order(context, row_id, selection_tree(info))
         if type_name == "User":
             context.require_viewer()
             return await _user(context, row_id)
+        if type_name == "Reservation":
+            context.require_viewer()
+            row = await context.loader(ReservationByIdLoader).load(row_id)
+            return None if row is None else Reservation.from_row(row)
         raise InvalidInput(f"ID {id!r} does not name a fetchable object")
 
     @strawberry.field(description="The authenticated user; null when anonymous.")
@@ -115,8 +121,8 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        page = await catalog.search_products(
-            info.context.session,
+        page = await info.context.query(
+            catalog.search_products,
             product_filter=(filter or ProductFilter()).to_service(),
             sort=sort,
             after=position,
@@ -137,7 +143,7 @@ class Query:
     @strawberry.field(description="One order: only its owner (or an admin) can see it.")
     async def order(self, info: Info, id: strawberry.ID) -> Order | None:
         info.context.require_viewer()
-        return await _order(info.context, row_id_of(id, "Order"), _selection(info))
+        return await _order(info.context, row_id_of(id, "Order"), selection_tree(info))
 
     @strawberry.field(description="The viewer's orders, newest first.")
     async def orders(
@@ -153,17 +159,49 @@ class Query:
         after_id = None
         if after is not None:
             (after_id,) = decode_cursor(after, "orders", (int,))
-        page = await orders.list_orders(
-            context.session,
+        wanted = subtree(selection_tree(info), "edges", "node")
+        page = await context.query(
+            orders.list_orders,
             actor,
+            columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
             after_id=int(str(after_id)) if after_id is not None else None,
             limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(context, nodes, subtree(_selection(info), "edges", "node"))
+        await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
             [(order, encode_cursor("orders", order.row_id)) for order in nodes],
+            has_next=page.has_next,
+            has_previous=after is not None,
+        )
+
+    @strawberry.field(description="The viewer's reservations (holds), newest first.")
+    async def reservations(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        status: ReservationStatus | None = None,  # type: ignore[valid-type]
+    ) -> Connection[Reservation]:
+        context = info.context
+        actor = context.require_viewer()
+        limit = _page_size(context, first)
+        after_id = None
+        if after is not None:
+            (after_id,) = decode_cursor(after, "reservations", (int,))
+        page = await context.query(
+            reservations.list_reservations,
+            actor,
+            status=status,
+            after_id=int(str(after_id)) if after_id is not None else None,
+            limit=limit,
+        )
+        return connection_of(
+            [
+                (Reservation.from_row(row), encode_cursor("reservations", row.id))
+                for row in page.rows
+            ],
             has_next=page.has_next,
             has_previous=after is not None,
         )

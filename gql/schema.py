@@ -1,20 +1,23 @@
-"""The Strawberry schema with its execution extensions."""
+"""The Strawberry schema (an Apollo Federation v2 subgraph) with its execution extensions."""
 
 from typing import Any
 
-import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import DisableIntrospection, ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
+from gql.execution import CompiledExecutionContext
+from gql.federation import SubgraphSchema
+from gql.mutations import Mutation
 from gql.queries import Query
 from gql.types.orders import Order
 from gql.types.products import Product
+from gql.types.reservations import Reservation
 from gql.types.users import User
 
 
-class Schema(strawberry.Schema):
+class Schema(SubgraphSchema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -23,15 +26,21 @@ class Schema(strawberry.Schema):
         log_unexpected(errors)
 
 
-def build_schema(**overrides: Any) -> Schema:
+def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
+    overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,
-        types=[Product, Order, User],
+        mutation=Mutation,
+        types=[Product, Order, User, Reservation],
         extensions=[
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),
+            # Without introspection, gateways still read the SDL through `_service { sdl }`.
+            *([] if introspection else [DisableIntrospection]),
         ],
+        # Pinned so that a Strawberry upgrade does not change the published SDL by itself.
+        federation_version="2.11",
         **overrides,
     )
 

@@ -5,13 +5,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
-from sqlalchemy import ColumnElement, select, tuple_
+from sqlalchemy import ColumnElement, String, any_, bindparam, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.arrays import equals_any
+from db.arrays import equals_any_parameter
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
 from db.models import Product, ProductKind
-from db.rows import LightRow
 from services.errors import InvalidInput
 from services.pagination import Page, page_from
 
@@ -57,11 +59,11 @@ _DESCENDING = {ProductSort.PRICE_DESC, ProductSort.NEWEST}
 SortValue = Decimal | str | datetime
 
 
-def sort_key(row: LightRow, sort: ProductSort) -> tuple[str, int]:
+def sort_key(row: Record, sort: ProductSort) -> tuple[str, int]:
     """The position of `row` in `sort`, as strings a cursor can carry."""
-    value = getattr(row, _SORT_COLUMN[sort].key)
+    value = row[_SORT_COLUMN[sort].key]
     text = value.isoformat() if isinstance(value, datetime) else str(value)
-    return text, int(row.id)
+    return text, int(row["id"])
 
 
 def parse_sort_value(sort: ProductSort, text: str) -> SortValue:
@@ -79,21 +81,51 @@ def parse_sort_value(sort: ProductSort, text: str) -> SortValue:
     return text
 
 
-def _filter_conditions(product_filter: ProductFilter) -> list[ColumnElement[bool]]:
+def _filter_conditions(shape: "_SearchShape") -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
-    if product_filter.kinds:
-        conditions.append(Product.kind.in_(product_filter.kinds))
-    if product_filter.min_price is not None:
-        conditions.append(Product.price >= product_filter.min_price)
-    if product_filter.max_price is not None:
-        conditions.append(Product.price <= product_filter.max_price)
-    if product_filter.name_contains:
-        needle = product_filter.name_contains
-        if len(needle) > MAX_NAME_SEARCH_LENGTH:
-            raise InvalidInput(f"name search is limited to {MAX_NAME_SEARCH_LENGTH} characters")
-        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(Product.name.ilike(f"%{escaped}%", escape="\\"))
+    if shape.kinds:
+        conditions.append(Product.kind == any_(bindparam("kinds", type_=ARRAY(String()))))
+    if shape.min_price:
+        conditions.append(Product.price >= bindparam("min_price"))
+    if shape.max_price:
+        conditions.append(Product.price <= bindparam("max_price"))
+    if shape.name_contains:
+        conditions.append(Product.name.ilike(bindparam("name_pattern"), escape="\\"))
     return conditions
+
+
+@dataclass(frozen=True, slots=True)
+class _SearchShape:
+    """Which optional parts a search has: one compiled statement per shape."""
+
+    sort: ProductSort
+    after: bool
+    kinds: bool
+    min_price: bool
+    max_price: bool
+    name_contains: bool
+
+
+@lru_cache(maxsize=256)
+def _search_query(shape: _SearchShape) -> CompiledQuery:
+    column = _SORT_COLUMN[shape.sort]
+    descending = shape.sort in _DESCENDING
+    statement = select(*PRODUCT_COLUMNS).where(*_filter_conditions(shape))
+    if shape.after:
+        position = tuple_(column, Product.id)
+        after = tuple_(bindparam("after_value", type_=column.type), bindparam("after_id"))
+        statement = statement.where(position < after if descending else position > after)
+    if descending:
+        statement = statement.order_by(column.desc(), Product.id.desc())
+    else:
+        statement = statement.order_by(column.asc(), Product.id.asc())
+    return compile_query(statement.limit(bindparam("limit")))
+
+
+@lru_cache(maxsize=128)
+def _products_by_ids_query(columns: tuple[str, ...] | None) -> CompiledQuery:
+    selected = columns_named(Product, columns, PRODUCT_COLUMNS)
+    return compile_query(select(*selected).where(equals_any_parameter(Product.id)))
 
 
 def check_filter(product_filter: ProductFilter) -> None:
@@ -115,24 +147,40 @@ async def search_products(
     sort: ProductSort,
     after: tuple[SortValue, int] | None,
     limit: int,
-) -> Page[LightRow]:
+) -> Page[Record]:
     """One page of products matching `product_filter`, in `sort` order, after `after`."""
     check_filter(product_filter)
-    column = _SORT_COLUMN[sort]
-    descending = sort in _DESCENDING
-    statement = select(*PRODUCT_COLUMNS).where(*_filter_conditions(product_filter))
-    if after is not None:
-        position = tuple_(column, Product.id)
-        statement = statement.where(position < after if descending else position > after)
-    if descending:
-        statement = statement.order_by(column.desc(), Product.id.desc())
-    else:
-        statement = statement.order_by(column.asc(), Product.id.asc())
-    rows = (await session.execute(statement.limit(limit + 1))).all()
+    needle = product_filter.name_contains
+    if needle and len(needle) > MAX_NAME_SEARCH_LENGTH:
+        raise InvalidInput(f"name search is limited to {MAX_NAME_SEARCH_LENGTH} characters")
+    shape = _SearchShape(
+        sort=sort,
+        after=after is not None,
+        kinds=bool(product_filter.kinds),
+        min_price=product_filter.min_price is not None,
+        max_price=product_filter.max_price is not None,
+        name_contains=bool(needle),
+    )
+    escaped = (needle or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    rows = await fetch(
+        session,
+        _search_query(shape),
+        kinds=[kind.value for kind in product_filter.kinds],
+        min_price=product_filter.min_price,
+        max_price=product_filter.max_price,
+        name_pattern=f"%{escaped}%",
+        after_value=after[0] if after else None,
+        after_id=after[1] if after else None,
+        limit=limit + 1,
+    )
     return page_from(rows, limit)
 
 
-async def products_by_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, LightRow]:
-    """Products by id in one statement; missing ids are simply absent."""
-    rows = await session.execute(select(*PRODUCT_COLUMNS).where(equals_any(Product.id, ids)))
-    return {row.id: row for row in rows}
+async def products_by_ids(
+    session: AsyncSession, ids: Sequence[int], *, columns: tuple[str, ...] | None = None
+) -> dict[int, Record]:
+    """Products by id in one statement; missing ids are simply absent. `columns` narrows the
+    row to what the caller needs (must include "id"): decoding unused columns, two timestamps
+    and a long description among them, costs more than the lookup."""
+    rows = await fetch(session, _products_by_ids_query(columns), keys=list(ids))
+    return {row["id"]: row for row in rows}

@@ -2,13 +2,15 @@
 
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.arrays import equals_any
+from db.arrays import equals_any_parameter
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
 from db.models import Order, OrderItem, OrderStatus
-from db.rows import LightRow, LightSelect
+from db.rows import LightSelect
 from services.auth import Actor
 from services.pagination import Page, page_from
 
@@ -31,12 +33,41 @@ ORDER_ITEM_COLUMNS = (
 )
 
 
-def readable_orders(actor: Actor) -> LightSelect:
-    """Every read of orders starts here: an actor sees their own orders, an admin sees all."""
+def readable_orders(*, admin: bool) -> LightSelect:
+    """Every read of orders starts here: an actor sees their own orders (the actor's id is bound
+    as `:actor_id`), an admin sees all."""
     statement = select(*ORDER_COLUMNS)
-    if not actor.is_admin:
-        statement = statement.where(Order.user_id == actor.user_id)
+    if not admin:
+        statement = statement.where(Order.user_id == bindparam("actor_id"))
     return statement
+
+
+@lru_cache(maxsize=256)
+def _list_orders_query(
+    *, by_status: bool, after: bool, columns: tuple[str, ...] | None
+) -> CompiledQuery:
+    # "My orders" for admins too: the non-admin rule is exactly "owned by the actor".
+    statement = readable_orders(admin=False)
+    if columns is not None:
+        statement = statement.with_only_columns(*columns_named(Order, columns, ORDER_COLUMNS))
+    if by_status:
+        statement = statement.where(Order.status == bindparam("status"))
+    if after:
+        statement = statement.where(Order.id < bindparam("after_id"))
+    statement = statement.order_by(Order.id.desc()).limit(bindparam("limit"))
+    return compile_query(statement)
+
+
+@lru_cache
+def _orders_by_ids_query(*, admin: bool) -> CompiledQuery:
+    return compile_query(readable_orders(admin=admin).where(equals_any_parameter(Order.id)))
+
+
+_items_by_order_ids_query = compile_query(
+    select(*ORDER_ITEM_COLUMNS)
+    .where(equals_any_parameter(OrderItem.order_id))
+    .order_by(OrderItem.order_id, OrderItem.id)
+)
 
 
 async def list_orders(
@@ -46,36 +77,38 @@ async def list_orders(
     status: OrderStatus | None,
     after_id: int | None,
     limit: int,
-) -> Page[LightRow]:
-    """The actor's own orders, newest first (admins too: this is "my orders")."""
-    statement = readable_orders(actor).where(Order.user_id == actor.user_id)
-    if status is not None:
-        statement = statement.where(Order.status == status)
-    if after_id is not None:
-        statement = statement.where(Order.id < after_id)
-    statement = statement.order_by(Order.id.desc()).limit(limit + 1)
-    rows = (await session.execute(statement)).all()
+    columns: tuple[str, ...] | None = None,
+) -> Page[Record]:
+    """The actor's own orders, newest first (admins too: this is "my orders"); `columns`
+    narrows the rows as in `catalog.products_by_ids`."""
+    query = _list_orders_query(
+        by_status=status is not None, after=after_id is not None, columns=columns
+    )
+    rows = await fetch(
+        session,
+        query,
+        actor_id=actor.user_id,
+        status=status.value if status is not None else None,
+        after_id=after_id,
+        limit=limit + 1,
+    )
     return page_from(rows, limit)
 
 
 async def readable_orders_by_ids(
     session: AsyncSession, actor: Actor, ids: Sequence[int]
-) -> dict[int, LightRow]:
+) -> dict[int, Record]:
     """The orders among `ids` that `actor` may read; the others are absent, as if missing."""
-    rows = await session.execute(readable_orders(actor).where(equals_any(Order.id, ids)))
-    return {row.id: row for row in rows}
+    query = _orders_by_ids_query(admin=actor.is_admin)
+    rows = await fetch(session, query, keys=list(ids), actor_id=actor.user_id)
+    return {row["id"]: row for row in rows}
 
 
 async def items_by_order_ids(
     session: AsyncSession, order_ids: Sequence[int]
-) -> dict[int, list[LightRow]]:
+) -> dict[int, list[Record]]:
     """Line items grouped by order, in insertion order. Callers pass readable orders only."""
-    statement = (
-        select(*ORDER_ITEM_COLUMNS)
-        .where(equals_any(OrderItem.order_id, order_ids))
-        .order_by(OrderItem.order_id, OrderItem.id)
-    )
-    grouped: dict[int, list[LightRow]] = defaultdict(list)
-    for row in await session.execute(statement):
-        grouped[row.order_id].append(row)
+    grouped: dict[int, list[Record]] = defaultdict(list)
+    for row in await fetch(session, _items_by_order_ids_query, keys=list(order_ids)):
+        grouped[row["order_id"]].append(row)
     return grouped

@@ -1,27 +1,36 @@
 """Reading users: a user sees their own profile; an admin sees everyone's."""
 
 from collections.abc import Sequence
+from functools import lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.arrays import equals_any
+from db.arrays import equals_any_parameter
+from db.compiled import CompiledQuery, Record, compile_query, fetch
 from db.models import User
-from db.rows import LightRow, LightSelect
+from db.rows import LightSelect
 from services.auth import Actor
 
 USER_COLUMNS = (User.id, User.email, User.name, User.is_admin, User.created_at)
 
 
-def readable_users(actor: Actor) -> LightSelect:
+def readable_users(*, admin: bool) -> LightSelect:
+    """Every read of users starts here; the actor's id is bound as `:actor_id`."""
     statement = select(*USER_COLUMNS)
-    if not actor.is_admin:
-        statement = statement.where(User.id == actor.user_id)
+    if not admin:
+        statement = statement.where(User.id == bindparam("actor_id"))
     return statement
+
+
+@lru_cache
+def _users_by_ids_query(*, admin: bool) -> CompiledQuery:
+    return compile_query(readable_users(admin=admin).where(equals_any_parameter(User.id)))
 
 
 async def readable_users_by_ids(
     session: AsyncSession, actor: Actor, ids: Sequence[int]
-) -> dict[int, LightRow]:
-    rows = await session.execute(readable_users(actor).where(equals_any(User.id, ids)))
-    return {row.id: row for row in rows}
+) -> dict[int, Record]:
+    query = _users_by_ids_query(admin=actor.is_admin)
+    rows = await fetch(session, query, keys=list(ids), actor_id=actor.user_id)
+    return {row["id"]: row for row in rows}

@@ -71,14 +71,36 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+DRIVER_INTROSPECTION = ("typeinfo_tree", "current_setting('jit')", "set_config('jit'")
+
+
 class StatementCounter:
-    """Counts the SQL statements an engine sends, as the server sees them."""
+    """Counts the SQL statements an engine sends: those SQLAlchemy executes (cursor events) and
+    those run straight on the asyncpg connection by `db.compiled` (asyncpg query loggers)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
 
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def on_cursor_execute(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements.append(statement)
+
+    def on_driver_query(self, record: Any) -> None:
+        # Not the request's queries: transaction control (SQLAlchemy's adapter sends BEGIN and
+        # COMMIT through the driver; the SQLAlchemy side of the count never saw them), the
+        # pool's pre-ping (BEGIN; ";"; ROLLBACK), and asyncpg's type introspection, run once
+        # per new connection for array parameters.
+        query = record.query
+        if query.startswith(TRANSACTION_CONTROL) or query == ";":
+            return
+        if any(mark in query for mark in DRIVER_INTROSPECTION):
+            return
+        self.statements.append(query)
+
+    def on_checkout(self, dbapi_connection: Any, *_args: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        driver.remove_query_logger(self.on_driver_query)
+        driver.add_query_logger(self.on_driver_query)
 
     @property
     def count(self) -> int:
@@ -92,9 +114,11 @@ class StatementCounter:
 def statements(app: FastAPI) -> Iterator[StatementCounter]:
     counter = StatementCounter()
     sync_engine = app.state.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", counter)
+    event.listen(sync_engine, "before_cursor_execute", counter.on_cursor_execute)
+    event.listen(sync_engine.pool, "checkout", counter.on_checkout)
     yield counter
-    event.remove(sync_engine, "before_cursor_execute", counter)
+    event.remove(sync_engine, "before_cursor_execute", counter.on_cursor_execute)
+    event.remove(sync_engine.pool, "checkout", counter.on_checkout)
 
 
 class GraphQL:

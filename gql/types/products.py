@@ -6,13 +6,31 @@ from typing import Any
 import strawberry
 
 from db.models import ProductKind as ProductKindModel
-from gql.ids import to_global_id
+from gql.context import Info
+from gql.ids import row_id_of, to_global_id
+from gql.loaders import ProductByIdLoader
 from gql.types.common import Money, Node
 
 ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
 
+# The row columns behind each field, so that a list can fetch only what was selected.
+PRODUCT_FIELD_COLUMNS = {
+    "id": ("id",),
+    "sku": ("sku",),
+    "name": ("name",),
+    "description": ("description",),
+    "kind": ("kind",),
+    "price": ("price", "currency"),
+    "stock": ("stock",),
+    "createdAt": ("created_at",),
+    "updatedAt": ("updated_at",),
+}
+PRODUCT_KEY_COLUMNS = ("id",)
 
-@strawberry.type(description="A bookable thing: a hotel room, a flight seat, a tour...")
+
+@strawberry.federation.type(
+    keys=["id"], description="A bookable thing: a hotel room, a flight seat, a tour..."
+)
 class Product(Node):
     id: strawberry.ID
     sku: str
@@ -27,15 +45,25 @@ class Product(Node):
 
     @classmethod
     def from_row(cls, row: Any) -> "Product":
+        """From a full row, or from one with only the selected fields' columns (the others are
+        left None: nothing reads a field that was not selected)."""
+        get = row.get
+        price = get("price")
         return cls(
-            id=strawberry.ID(to_global_id("Product", row.id)),
-            sku=row.sku,
-            name=row.name,
-            description=row.description,
-            kind=row.kind,
-            price=Money(amount=row.price, currency=row.currency),
-            stock=row.stock,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            row_id=row.id,
+            id=strawberry.ID(to_global_id("Product", row["id"])),
+            sku=get("sku"),
+            name=get("name"),
+            description=get("description"),
+            kind=get("kind"),
+            price=None if price is None else Money(amount=price, currency=row["currency"]),
+            stock=get("stock"),
+            created_at=get("created_at"),
+            updated_at=get("updated_at"),
+            row_id=row["id"],
         )
+
+    @classmethod
+    async def resolve_reference(cls, info: Info, id: strawberry.ID) -> "Product | None":
+        """A federation gateway's reference, through the request's loader (batched)."""
+        row = await info.context.loader(ProductByIdLoader).load(row_id_of(id, "Product"))
+        return None if row is None else cls.from_row(row)

@@ -5,11 +5,13 @@ from typing import Any
 
 import strawberry
 
-from gql.ids import to_global_id
+from gql.context import Info
+from gql.ids import row_id_of, to_global_id
+from gql.loaders import UserByIdLoader
 from gql.types.common import Node
 
 
-@strawberry.type
+@strawberry.federation.type(keys=["id"])
 class User(Node):
     id: strawberry.ID
     email: str
@@ -21,10 +23,17 @@ class User(Node):
     @classmethod
     def from_row(cls, row: Any) -> "User":
         return cls(
-            id=strawberry.ID(to_global_id("User", row.id)),
-            email=row.email,
-            name=row.name,
-            is_admin=row.is_admin,
-            created_at=row.created_at,
-            row_id=row.id,
+            id=strawberry.ID(to_global_id("User", row["id"])),
+            email=row["email"],
+            name=row["name"],
+            is_admin=row["is_admin"],
+            created_at=row["created_at"],
+            row_id=row["id"],
         )
+
+    @classmethod
+    async def resolve_reference(cls, info: Info, id: strawberry.ID) -> "User | None":
+        """A federation gateway's reference: like `node(id:)`, only users the viewer may read
+        (the loader asks for a viewer and filters by the services' readable statement)."""
+        row = await info.context.loader(UserByIdLoader).load(row_id_of(id, "User"))
+        return None if row is None else cls.from_row(row)

@@ -1,0 +1,80 @@
+"""SQLAlchemy statements compiled once to PostgreSQL text, run on the session's asyncpg
+connection. For hot read paths: SQLAlchemy stays where the SQL is written (and where the rules
+live), while each call skips statement construction, cache-key generation and result
+processing, which cost more than the query itself for small keyed reads (DESIGN §7)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ClauseElement, event
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect  # noqa: N812
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+_dialect = AsyncpgDialect()  # type: ignore[no-untyped-call]
+
+# asyncpg.Record: item access by column name (`row["id"]`), no ORM state.
+Record = Any
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledQuery:
+    sql: str
+    parameter_names: tuple[str, ...]
+
+    def arguments(self, parameters: dict[str, Any]) -> list[Any]:
+        return [parameters[name] for name in self.parameter_names]
+
+
+def columns_named(
+    model: type[Any], names: Sequence[str] | None, default: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """The model's columns called `names` (a subset a caller needs), or `default` for None."""
+    if names is None:
+        return default
+    table_columns = model.__table__.columns
+    unknown = [name for name in names if name not in table_columns]
+    if unknown:
+        raise ValueError(f"{model.__name__} has no columns {unknown}")
+    return tuple(getattr(model, name) for name in names)
+
+
+def compile_query(statement: ClauseElement) -> CompiledQuery:
+    """`statement` as SQL with `$n` placeholders; its bind parameters must all be named."""
+    compiled = statement.compile(dialect=_dialect)
+    positions = compiled.positiontup or ()  # type: ignore[attr-defined]
+    return CompiledQuery(sql=compiled.string, parameter_names=tuple(positions))
+
+
+_DRIVER_KEY = "db.compiled.driver_connection"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_driver_connection(session: Session, _transaction: SessionTransaction) -> None:
+    # The connection goes back to the pool with the transaction: never reuse it after that.
+    session.info.pop(_DRIVER_KEY, None)
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection the session is using (checked out from the pool if needed).
+    Remembered for the session's transaction: finding it costs more than a small query."""
+    driver = session.info.get(_DRIVER_KEY)
+    if driver is None:
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        driver = session.info[_DRIVER_KEY] = raw.driver_connection
+    return driver
+
+
+async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) -> list[Record]:
+    driver = await driver_connection(session)
+    rows: list[Record] = await driver.fetch(query.sql, *query.arguments(parameters))
+    return rows
+
+
+async def fetch_many(
+    session: AsyncSession, query: CompiledQuery, keys: Sequence[Any], **parameters: Any
+) -> list[Record]:
+    """`query` with its `keys` parameter bound to an array of `keys`."""
+    return await fetch(session, query, keys=list(keys), **parameters)

@@ -1,0 +1,211 @@
+"""A graphql-core ExecutionContext that completes objects through compiled plans.
+
+graphql-core completes every field of every object through the same general machinery (resolve
+info, awaitable checks, error paths), which dominates the cost of a list of orders with items
+and products (DESIGN §7). Below a root field, our objects are plain: scalar attributes, and
+relations that `gql.prefetch` attached for the whole level. For such selections a plan is
+compiled once per (type, field nodes) and then applied as straight attribute reads.
+
+Anything a plan cannot express exactly (arguments, directives, abstract types, resolvers other
+than prefetched relations) is left to graphql-core; a relation that was not prefetched, or a
+null where the schema says non-null, makes the plan step aside for that object at run time, so
+the general path produces exactly what it would have (loads, errors with paths).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from graphql import (
+    GraphQLBoolean,
+    GraphQLEnumType,
+    GraphQLID,
+    GraphQLInt,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLString,
+)
+from graphql.language import FieldNode
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+PREFETCHED_PREFIX = "prefetched_"
+MAX_PLANS = 2000
+
+Plan = Callable[[Any], dict[str, Any]]
+
+
+class NotReady(Exception):
+    """The value does not fit the plan: let graphql-core complete it."""
+
+
+class NotCompilable(Exception):
+    """The selection needs the general executor."""
+
+
+# (type, ids of field nodes) -> (the nodes, kept alive so ids stay unique; the plan or None)
+_plans: dict[tuple[GraphQLObjectType, tuple[int, ...]], tuple[tuple[FieldNode, ...], Plan | None]]
+_plans = {}
+
+
+def _strawberry_field(field: Any) -> Any:
+    return field.extensions.get("strawberry-definition")
+
+
+def _not_ready() -> Any:
+    raise NotReady
+
+
+class _PlanWriter:
+    """Writes one Python function per object selection: straight-line attribute reads, checks
+    and leaf conversions, so completing a field costs no call of its own (cf. graphql-jit)."""
+
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {"NotReady": NotReady, "_not_ready": _not_ready}
+        self.sources: list[str] = []
+        self._count = 0
+
+    def name(self, prefix: str, value: Any = None) -> str:
+        self._count += 1
+        name = f"{prefix}{self._count}"
+        if value is not None:
+            self.namespace[name] = value
+        return name
+
+    def function(self, object_type: GraphQLObjectType, body: list[str], result: str) -> str:
+        """A function of `s` (the source object) running `body`, returning `result`."""
+        name = self.name(f"complete_{object_type.name}_")
+        lines = [f"def {name}(s):", *(f"    {line}" for line in body), f"    return {result}"]
+        self.sources.append("\n".join(lines))
+        return name
+
+    def build(self, entry: str) -> Plan:
+        exec("\n\n".join(self.sources), self.namespace)
+        plan: Plan = self.namespace[entry]
+        return plan
+
+
+def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tuple[str, bool]:
+    """An expression reading the field from `s`, and whether it may be a missing relation."""
+    field = parent.fields[field_name]
+    if field.args:
+        raise NotCompilable
+    definition = _strawberry_field(field)
+    if definition is None:
+        raise NotCompilable
+    if getattr(field.resolve, "_is_default", False):
+        attribute = definition.python_name
+        if not attribute.isidentifier():
+            raise NotCompilable
+        return f"s.{attribute}", False
+    prefetched = PREFETCHED_PREFIX + definition.python_name
+    origin = getattr(definition, "origin", None)
+    if origin is None or prefetched not in getattr(origin, "__dataclass_fields__", {}):
+        raise NotCompilable
+    return f"s.{prefetched}", True
+
+
+def _leaf_expression(writer: _PlanWriter, leaf_type: Any, value: str) -> str:
+    serialize = writer.name("serialize_", leaf_type.serialize)
+    if leaf_type is GraphQLString or leaf_type is GraphQLID:
+        return f"({value} if {value}.__class__ is str else {serialize}({value}))"
+    if leaf_type is GraphQLInt:
+        return f"({value} if {value}.__class__ is int else {serialize}({value}))"
+    if leaf_type is GraphQLBoolean:
+        return f"({value} if {value}.__class__ is bool else {serialize}({value}))"
+    return f"{serialize}({value})"
+
+
+class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    def complete_object_value(  # type: ignore[override]
+        self,
+        return_type: GraphQLObjectType,
+        field_details_list: Sequence[Any],
+        info: Any,
+        path: Any,
+        result: Any,
+        *args: Any,
+    ) -> Any:
+        plan = self._plan(return_type, field_details_list)
+        if plan is not None:
+            try:
+                return plan(result)
+            except NotReady:
+                pass
+        return super().complete_object_value(
+            return_type, field_details_list, info, path, result, *args
+        )
+
+    def _plan(self, object_type: GraphQLObjectType, details: Sequence[Any]) -> Plan | None:
+        nodes = tuple(detail.node for detail in details)
+        key = (object_type, tuple(map(id, nodes)))
+        cached = _plans.get(key)
+        if cached is not None and all(a is b for a, b in zip(cached[0], nodes, strict=True)):
+            return cached[1]
+        try:
+            plan: Plan | None = self._compile_object(object_type, details)
+        except NotCompilable:
+            plan = None
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = (nodes, plan)
+        return plan
+
+    def _compile_object(self, object_type: GraphQLObjectType, details: Sequence[Any]) -> Plan:
+        writer = _PlanWriter()
+        entry = self._write_object(writer, object_type, details)
+        return writer.build(entry)
+
+    def _write_object(
+        self, writer: _PlanWriter, object_type: GraphQLObjectType, details: Sequence[Any]
+    ) -> str:
+        for detail in details:
+            if detail.node.directives:
+                raise NotCompilable
+        grouped = self.collect_subfields(object_type, list(details))[0]
+        body: list[str] = []
+        items: list[str] = []
+        for index, (response_key, field_details) in enumerate(grouped.items()):
+            for detail in field_details:
+                node = detail.node
+                if node.directives or node.arguments or detail.defer_usage is not None:
+                    raise NotCompilable
+            field_name = field_details[0].node.name.value
+            if field_name == "__typename":
+                items.append(f"{response_key!r}: {object_type.name!r}")
+                continue
+            field = object_type.fields.get(field_name)
+            if field is None:
+                raise NotCompilable
+            read, may_be_missing = _read(writer, object_type, field_name)
+            value = f"v{index}"
+            body.append(f"{value} = {read}")
+            if may_be_missing and not isinstance(field.type, GraphQLNonNull):
+                # None means "not prefetched" here: let the resolver load it.
+                body.append(f"if {value} is None: raise NotReady")
+            items.append(
+                f"{response_key!r}: {self._write_value(writer, field.type, field_details, value)}"
+            )
+        return writer.function(object_type, body, "{" + ", ".join(items) + "}")
+
+    def _write_value(
+        self, writer: _PlanWriter, output_type: Any, details: Sequence[Any], value: str
+    ) -> str:
+        """An expression completing `value` (a plain name, so reading it twice is free)."""
+        if isinstance(output_type, GraphQLNonNull):
+            inner = self._write_nullable(writer, output_type.of_type, details, value)
+            return f"({inner} if {value} is not None else _not_ready())"
+        inner = self._write_nullable(writer, output_type, details, value)
+        return f"(None if {value} is None else {inner})"
+
+    def _write_nullable(
+        self, writer: _PlanWriter, output_type: Any, details: Sequence[Any], value: str
+    ) -> str:
+        if isinstance(output_type, GraphQLList):
+            item = self._write_value(writer, output_type.of_type, details, "x")
+            return f"[{item} for x in {value}]"
+        if isinstance(output_type, (GraphQLScalarType, GraphQLEnumType)):
+            return _leaf_expression(writer, output_type, value)
+        if isinstance(output_type, GraphQLObjectType):
+            return f"{self._write_object(writer, output_type, details)}({value})"
+        raise NotCompilable  # interfaces and unions need run-time type resolution

@@ -1,0 +1,180 @@
+"""The Mutation root: each top-level field is its own transaction on the request's session,
+committed or rolled back alone, so one failing field neither undoes nor poisons the others."""
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.transactions import run_in_transaction
+from gql.context import Context, Info
+from gql.ids import row_id_of
+from gql.types.orders import Order, OrderItem
+from gql.types.payloads import (
+    CancelOrderPayload,
+    CancelOrderSuccess,
+    CreateOrderPayload,
+    CreateOrderSuccess,
+    ReleaseReservationPayload,
+    ReleaseReservationSuccess,
+    ReserveProductPayload,
+    ReserveProductSuccess,
+    user_error,
+)
+from gql.types.reservations import Reservation
+from services import checkout, reservations
+from services.errors import BusinessError, InvalidInput
+
+ResultT = TypeVar("ResultT")
+
+DEFAULT_TTL_SECONDS = 900
+
+
+async def in_own_transaction(
+    context: Context, work: Callable[[AsyncSession], Awaitable[ResultT]]
+) -> ResultT:
+    """Run `work` in a transaction of its own, retried on deadlock or serialization failure."""
+    async with context.db_lock:
+        session = context.session
+        if session.in_transaction():
+            # The read path (the viewer's lookup, loaders) autobegan a read-only transaction:
+            # end it so that this field's writes commit or roll back on their own.
+            await session.commit()
+        try:
+            return await run_in_transaction(
+                session, work, attempts=context.settings.db_transaction_attempts
+            )
+        finally:
+            # Rows loaded before the write may be stale now (a product's stock…).
+            context.forget_loaded()
+
+
+@strawberry.input
+class OrderItemInput:
+    product_id: strawberry.ID
+    quantity: int
+
+
+@strawberry.input(
+    description="Items to take from stock now and/or the viewer's HELD reservations to check "
+    "out (each becomes an order item at the product's current price). Sending the same "
+    "`idempotencyKey` again returns the first order; with a different payload it is "
+    "`IdempotencyKeyReused`."
+)
+class CreateOrderInput:
+    items: list[OrderItemInput] = strawberry.field(default_factory=list)
+    idempotency_key: str
+    reservation_ids: list[strawberry.ID] | None = None
+
+    def to_request(self) -> checkout.OrderRequest:
+        return checkout.OrderRequest(
+            lines=tuple(
+                checkout.OrderLine(
+                    product_id=row_id_of(item.product_id, "Product"), quantity=item.quantity
+                )
+                for item in self.items
+            ),
+            idempotency_key=self.idempotency_key,
+            reservation_ids=tuple(
+                row_id_of(reservation_id, "Reservation")
+                for reservation_id in self.reservation_ids or ()
+            ),
+        )
+
+
+@strawberry.input
+class ReserveProductInput:
+    product_id: strawberry.ID
+    quantity: int
+    ttl_seconds: int | None = strawberry.field(
+        default=DEFAULT_TTL_SECONDS, description="How long the hold lasts (null: the default)."
+    )
+
+
+def _order(result: checkout.OrderResult) -> Order:
+    # from_row reads by column name: SQLAlchemy rows through their mapping view.
+    order = Order.from_row(result.order._mapping)
+    order.prefetched_items = [
+        OrderItem.from_row(item._mapping, order.currency) for item in result.items
+    ]
+    return order
+
+
+def _check_list_size(context: Context, input: CreateOrderInput) -> None:
+    # Bounded before any ID is decoded, so a huge list costs nothing.
+    limit = context.settings.max_order_items
+    if len(input.items) > limit or len(input.reservation_ids or ()) > limit:
+        raise InvalidInput(f"an order may list at most {limit} items and {limit} reservations")
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Place an order: stock is taken under row locks, all or nothing."
+    )
+    async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload:
+        context = info.context
+        actor = context.require_viewer()
+        _check_list_size(context, input)
+        request = input.to_request()
+        try:
+            result = await in_own_transaction(
+                context,
+                lambda s: checkout.create_order(s, actor, request, settings=context.settings),
+            )
+        except BusinessError as error:
+            return user_error(error)  # type: ignore[return-value]
+        return CreateOrderSuccess(order=_order(result), created=result.created)
+
+    @strawberry.mutation(description="Cancel one of the viewer's orders; its stock comes back.")
+    async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderPayload:
+        context = info.context
+        actor = context.require_viewer()
+        order_id = row_id_of(id, "Order")
+        try:
+            result = await in_own_transaction(
+                context, lambda s: checkout.cancel_order(s, actor, order_id=order_id)
+            )
+        except BusinessError as error:
+            return user_error(error)  # type: ignore[return-value]
+        return CancelOrderSuccess(order=_order(result))
+
+    @strawberry.mutation(description="Hold units of a product for `ttlSeconds`.")
+    async def reserve_product(
+        self, info: Info, input: ReserveProductInput
+    ) -> ReserveProductPayload:
+        context = info.context
+        actor = context.require_viewer()
+        product_id = row_id_of(input.product_id, "Product")
+        try:
+            row = await in_own_transaction(
+                context,
+                lambda s: reservations.reserve_product(
+                    s,
+                    actor,
+                    product_id=product_id,
+                    quantity=input.quantity,
+                    ttl_seconds=(
+                        DEFAULT_TTL_SECONDS if input.ttl_seconds is None else input.ttl_seconds
+                    ),
+                    settings=context.settings,
+                ),
+            )
+        except BusinessError as error:
+            return user_error(error)  # type: ignore[return-value]
+        return ReserveProductSuccess(reservation=Reservation.from_row(row))
+
+    @strawberry.mutation(description="End a hold early; its stock comes back.")
+    async def release_reservation(self, info: Info, id: strawberry.ID) -> ReleaseReservationPayload:
+        context = info.context
+        actor = context.require_viewer()
+        reservation_id = row_id_of(id, "Reservation")
+        try:
+            row = await in_own_transaction(
+                context,
+                lambda s: reservations.release_reservation(s, actor, reservation_id=reservation_id),
+            )
+        except BusinessError as error:
+            return user_error(error)  # type: ignore[return-value]
+        return ReleaseReservationSuccess(reservation=Reservation.from_row(row))

@@ -1,0 +1,316 @@
+"""Placing and cancelling orders: stock taken and given back under row locks, exactly once,
+with an `order.created` / `order.cancelled` notification in the same transaction."""
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.settings import Settings
+from db.arrays import equals_any
+from db.models import Order, OrderItem, OrderStatus, Reservation, ReservationStatus
+from db.rows import LightRow
+from db.transactions import UNIQUE_VIOLATION, RetryTransaction, sqlstate_of, violated_constraint
+from services import outbox, stock
+from services.auth import Actor
+from services.errors import (
+    CurrencyMismatch,
+    IdempotencyKeyReused,
+    InsufficientStock,
+    InvalidInput,
+    OrderNotCancellable,
+    OrderNotFound,
+    ProductNotFound,
+    ReservationNotFound,
+)
+from services.orders import ORDER_COLUMNS, ORDER_ITEM_COLUMNS, readable_orders
+from services.reservations import check_not_lapsed, readable_reservations
+
+IDEMPOTENCY_CONSTRAINT = "uq_orders_user_id_idempotency_key"
+CANCELLABLE = (OrderStatus.PENDING, OrderStatus.CONFIRMED)
+# orders.total_amount is NUMERIC(12, 2).
+MAX_TOTAL = Decimal(10) ** 10
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    product_id: int
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What the client asked for: units to take from stock now (`lines`) and holds of the
+    viewer to turn into order items (`reservation_ids`); either may be empty, not both."""
+
+    lines: tuple[OrderLine, ...]
+    idempotency_key: str
+    reservation_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """An order with its items; `created` is False when an earlier request with the same
+    idempotency key had already placed it."""
+
+    order: LightRow
+    items: Sequence[LightRow]
+    created: bool
+
+
+def check_request(request: OrderRequest, settings: Settings) -> None:
+    key = request.idempotency_key
+    if not key.strip():
+        raise InvalidInput("idempotencyKey must not be empty")
+    if len(key) > settings.max_idempotency_key_length:
+        raise InvalidInput(
+            f"idempotencyKey must be at most {settings.max_idempotency_key_length} characters"
+        )
+    if not request.lines and not request.reservation_ids:
+        raise InvalidInput("an order needs at least one item or reservation")
+    for name, count in (
+        ("items", len(request.lines)),
+        ("reservationIds", len(request.reservation_ids)),
+    ):
+        if count > settings.max_order_items:
+            raise InvalidInput(f"{name} may list at most {settings.max_order_items} entries")
+    for line in request.lines:
+        if not 1 <= line.quantity <= settings.max_item_quantity:
+            raise InvalidInput(f"quantity must be between 1 and {settings.max_item_quantity}")
+    if len({line.product_id for line in request.lines}) != len(request.lines):
+        raise InvalidInput("each product may appear only once in items")
+    if len(set(request.reservation_ids)) != len(request.reservation_ids):
+        raise InvalidInput("each reservation may appear only once in reservationIds")
+
+
+async def create_order(
+    session: AsyncSession, actor: Actor, request: OrderRequest, *, settings: Settings
+) -> OrderResult:
+    """Place an order, or return the one an identical earlier request placed. Run it in a
+    transaction retried on `RetryTransaction` (see `db.transactions.run_in_transaction`): a
+    concurrent request with the same key makes this one start over and find that order."""
+    check_request(request, settings)
+    existing = await _order_by_key(session, actor, request.idempotency_key)
+    if existing is not None:
+        return await _replay(session, existing, request)
+
+    holds = await _live_holds(session, actor, request.reservation_ids)
+    from_stock = {line.product_id: line.quantity for line in request.lines}
+    quantities: Counter[int] = Counter(from_stock)
+    for hold in holds:
+        quantities[hold.product_id] += hold.quantity
+
+    products = await stock.lock_products(session, quantities)
+    missing = sorted(set(quantities) - set(products))
+    if missing:
+        raise ProductNotFound(missing[0])
+    currencies = sorted({product.currency for product in products.values()})
+    if len(currencies) > 1:
+        raise CurrencyMismatch(currencies)
+    await _check_stock(session, products, from_stock)
+
+    total = sum((products[pid].price * qty for pid, qty in quantities.items()), Decimal(0))
+    if total >= MAX_TOTAL:
+        raise InvalidInput("the order total is beyond what one order may hold; split the order")
+    order = await _insert_order(session, actor, request, total=total, currency=currencies[0])
+    if holds:
+        await _confirm_holds(session, actor, request.reservation_ids, order_id=order.id)
+    await stock.adjust(session, {pid: -qty for pid, qty in from_stock.items()})
+    inserted = await session.execute(
+        insert(OrderItem)
+        .values(
+            [
+                {
+                    "order_id": order.id,
+                    "product_id": pid,
+                    "quantity": quantities[pid],
+                    "unit_price": products[pid].price,
+                }
+                for pid in sorted(quantities)
+            ]
+        )
+        .returning(*ORDER_ITEM_COLUMNS)
+    )
+    items = sorted(inserted.all(), key=lambda item: item.id)
+    await outbox.enqueue(session, kind="order.created", payload=_announcement(order, items))
+    return OrderResult(order=order, items=items, created=True)
+
+
+async def cancel_order(session: AsyncSession, actor: Actor, *, order_id: int) -> OrderResult:
+    """Cancel a readable order and give its stock back exactly once: the conditional UPDATE
+    of the order's status, taken after the product locks, decides which canceller acts."""
+    found = await session.execute(
+        readable_orders(admin=actor.is_admin).where(Order.id == order_id),
+        {"actor_id": actor.user_id},
+    )
+    order = found.first()
+    if order is None:
+        raise OrderNotFound(order_id)
+    if order.status not in CANCELLABLE:
+        raise OrderNotCancellable(order_id, order.status.value)
+    items = (
+        await session.execute(
+            select(*ORDER_ITEM_COLUMNS).where(OrderItem.order_id == order_id).order_by(OrderItem.id)
+        )
+    ).all()
+    quantities: Counter[int] = Counter()
+    for item in items:
+        quantities[item.product_id] += item.quantity
+    await stock.lock_products(session, quantities)
+    cancelled = await session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.status.in_(CANCELLABLE))
+        .values(status=OrderStatus.CANCELLED, updated_at=func.now())
+        .returning(*ORDER_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    updated = cancelled.first()
+    if updated is None:
+        raise OrderNotCancellable(order_id, OrderStatus.CANCELLED.value)
+    await stock.adjust(session, quantities)
+    await outbox.enqueue(session, kind="order.cancelled", payload=_announcement(updated, items))
+    return OrderResult(order=updated, items=items, created=False)
+
+
+async def _order_by_key(session: AsyncSession, actor: Actor, key: str) -> LightRow | None:
+    found = await session.execute(
+        select(*ORDER_COLUMNS).where(Order.user_id == actor.user_id, Order.idempotency_key == key)
+    )
+    return found.first()
+
+
+async def _replay(session: AsyncSession, order: LightRow, request: OrderRequest) -> OrderResult:
+    """The earlier order for this key, if the request is the same one; else a typed error."""
+    items = (
+        await session.execute(
+            select(*ORDER_ITEM_COLUMNS).where(OrderItem.order_id == order.id).order_by(OrderItem.id)
+        )
+    ).all()
+    held = (
+        await session.execute(
+            select(Reservation.id, Reservation.product_id, Reservation.quantity).where(
+                Reservation.order_id == order.id
+            )
+        )
+    ).all()
+    from_stock: Counter[int] = Counter()
+    for item in items:
+        from_stock[item.product_id] += item.quantity
+    for hold in held:
+        from_stock[hold.product_id] -= hold.quantity
+    asked = Counter({line.product_id: line.quantity for line in request.lines})
+    same_lines = +from_stock == +asked
+    same_holds = {hold.id for hold in held} == set(request.reservation_ids)
+    if not (same_lines and same_holds):
+        raise IdempotencyKeyReused(request.idempotency_key)
+    return OrderResult(order=order, items=items, created=False)
+
+
+async def _live_holds(
+    session: AsyncSession, actor: Actor, reservation_ids: Sequence[int]
+) -> list[LightRow]:
+    """The viewer's reservations among `reservation_ids`, each checked to be a live hold."""
+    if not reservation_ids:
+        return []
+    owned = readable_reservations(actor).where(
+        equals_any(Reservation.id, reservation_ids), Reservation.user_id == actor.user_id
+    )
+    found = {row.id: row for row in await session.execute(owned)}
+    for reservation_id in reservation_ids:
+        row = found.get(reservation_id)
+        if row is None:
+            raise ReservationNotFound(reservation_id)
+        check_not_lapsed(row)
+    return [found[reservation_id] for reservation_id in reservation_ids]
+
+
+async def _check_stock(
+    session: AsyncSession, products: Mapping[int, LightRow], wanted: Mapping[int, int]
+) -> None:
+    """Every product has the units asked of it, counting the stock of lapsed holds, which is
+    reclaimed here (under the caller's locks) rather than left to wait for the sweeper."""
+    short = [pid for pid in sorted(wanted) if products[pid].stock < wanted[pid]]
+    if not short:
+        return
+    reclaimed = await stock.reclaim_expired_holds(session, short)
+    for pid in short:
+        available = products[pid].stock + reclaimed.get(pid, 0)
+        if available < wanted[pid]:
+            raise InsufficientStock(pid, requested=wanted[pid], available=available)
+
+
+async def _insert_order(
+    session: AsyncSession, actor: Actor, request: OrderRequest, *, total: Decimal, currency: str
+) -> LightRow:
+    statement = (
+        insert(Order)
+        .values(
+            user_id=actor.user_id,
+            status=OrderStatus.CONFIRMED,
+            total_amount=total,
+            currency=currency,
+            idempotency_key=request.idempotency_key,
+        )
+        .returning(*ORDER_COLUMNS)
+    )
+    try:
+        return (await session.execute(statement)).one()
+    except IntegrityError as error:
+        if sqlstate_of(error) == UNIQUE_VIOLATION and (
+            violated_constraint(error) == IDEMPOTENCY_CONSTRAINT
+        ):
+            # A concurrent request with this key committed first: start over to return its
+            # order (or refuse a different payload), taking no stock.
+            raise RetryTransaction from error
+        raise
+
+
+async def _confirm_holds(
+    session: AsyncSession, actor: Actor, reservation_ids: Sequence[int], *, order_id: int
+) -> None:
+    """Turn the holds into order items. Their products are locked, so only a hold that lapsed
+    since `_live_holds` read it can be missing here; the whole order then fails."""
+    confirmed = await session.execute(
+        update(Reservation)
+        .where(
+            equals_any(Reservation.id, reservation_ids),
+            Reservation.user_id == actor.user_id,
+            Reservation.status == ReservationStatus.HELD,
+            Reservation.expires_at > func.now(),
+        )
+        .values(status=ReservationStatus.CONFIRMED, order_id=order_id, updated_at=func.now())
+        .returning(Reservation.id)
+        .execution_options(synchronize_session=False)
+    )
+    done = set(confirmed.scalars())
+    lost = [rid for rid in reservation_ids if rid not in done]
+    if lost:
+        again = await session.execute(
+            readable_reservations(actor).where(equals_any(Reservation.id, lost))
+        )
+        for row in again:
+            check_not_lapsed(row)
+        raise ReservationNotFound(lost[0])
+
+
+def _announcement(order: LightRow, items: Sequence[LightRow]) -> dict[str, Any]:
+    """The outbox payload: JSON-safe (money as decimal strings)."""
+    return {
+        "orderId": order.id,
+        "userId": order.user_id,
+        "status": order.status.value,
+        "total": {"amount": str(order.total_amount), "currency": order.currency},
+        "items": [
+            {
+                "productId": item.product_id,
+                "quantity": item.quantity,
+                "unitPrice": str(item.unit_price),
+            }
+            for item in items
+        ],
+    }

@@ -1,0 +1,341 @@
+"""Holds on stock: taken when reserved, given back exactly once when released or expired, and
+turned into an order at checkout."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.settings import Settings
+from db.models import Reservation
+from gql.ids import row_id_of, to_global_id
+from services.worker import sweep_once
+from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.factories import Factory
+from tests.test_checkout import CREATE_ORDER, pid, stock_of
+
+RESERVE = """
+mutation Reserve($input: ReserveProductInput!) {
+  reserveProduct(input: $input) {
+    __typename
+    ... on UserError { message }
+    ... on ReserveProductSuccess {
+      reservation { id quantity status expiresAt createdAt product { id stock } }
+    }
+    ... on InsufficientStock { productId requested available }
+  }
+}
+"""
+
+RELEASE = """
+mutation Release($id: ID!) {
+  releaseReservation(id: $id) {
+    __typename
+    ... on UserError { message }
+    ... on ReleaseReservationSuccess { reservation { id status } }
+  }
+}
+"""
+
+RESERVATION_NODE = """
+query Node($id: ID!) { node(id: $id) { ... on Reservation { id status quantity } } }
+"""
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        environment="test", redis_url=None, db_pool_size=10, db_max_overflow=20, db_pool_timeout=60
+    )
+
+
+async def reserve(gql: GraphQL, token: str, product: Any, quantity: int, **extra: Any) -> Any:
+    body = await gql(
+        RESERVE,
+        {"input": {"productId": pid(product), "quantity": quantity, **extra}},
+        token=token,
+    )
+    return body["data"]["reserveProduct"] if body.get("data") else body
+
+
+async def expire(session_factory: async_sessionmaker[AsyncSession], reservation_gid: str) -> None:
+    """Move a hold's deadline into the past, as time would."""
+    async with session_factory() as session, session.begin():
+        await session.execute(
+            update(Reservation)
+            .where(Reservation.id == row_id_of(reservation_gid, "Reservation"))
+            .values(expires_at=text("now() - interval '1 second'"))
+        )
+
+
+async def test_reserving_takes_stock_and_releasing_gives_it_back_once(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=5)
+    held = await reserve(gql, token, product, 3, ttlSeconds=600)
+    assert held["__typename"] == "ReserveProductSuccess"
+    reservation = held["reservation"]
+    assert reservation["status"] == "HELD"
+    assert reservation["quantity"] == 3
+    assert reservation["product"] == {"id": pid(product), "stock": 2}
+    assert reservation["expiresAt"] > reservation["createdAt"]
+
+    releases = await asyncio.gather(
+        *(gql(RELEASE, {"id": reservation["id"]}, token=token) for _ in range(4))
+    )
+    kinds = sorted(body["data"]["releaseReservation"]["__typename"] for body in releases)
+    assert kinds == ["ReleaseReservationSuccess"] + ["ReservationNotHeld"] * 3
+    assert await stock_of(session_factory, product) == 5
+
+
+async def test_a_hold_beyond_the_stock_is_insufficient_stock(
+    factory: Factory, gql: GraphQL
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=2)
+    refused = await reserve(gql, token, product, 3)
+    assert refused == {
+        "__typename": "InsufficientStock",
+        "message": f"product {product.id} has 2 unit(s) available, 3 requested",
+        "productId": pid(product),
+        "requested": 3,
+        "available": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "extra", [{"quantity": 0}, {"quantity": 101}, {"ttlSeconds": 5}, {"ttlSeconds": 86_400}]
+)
+async def test_bad_hold_input_is_bad_user_input(
+    factory: Factory, gql: GraphQL, extra: dict[str, int]
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=2)
+    fields = {"quantity": 1, **extra}
+    body = await reserve(gql, token, product, **fields)
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_other_users_cannot_see_or_release_a_hold(factory: Factory, gql: GraphQL) -> None:
+    _, owner = await factory.user()
+    _, stranger = await factory.user()
+    product = await factory.product(stock=2)
+    held = (await reserve(gql, owner, product, 1))["reservation"]
+    released = await gql(RELEASE, {"id": held["id"]}, token=stranger)
+    seen = await gql(RESERVATION_NODE, {"id": held["id"]}, token=stranger)
+    mine = await gql(RESERVATION_NODE, {"id": held["id"]}, token=owner)
+    assert released["data"]["releaseReservation"]["__typename"] == "ReservationNotFound"
+    assert seen["data"]["node"] is None
+    assert mine["data"]["node"] == {"id": held["id"], "status": "HELD", "quantity": 1}
+
+
+async def test_checkout_turns_holds_into_an_order(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await factory.user()
+    room = await factory.product(price="100.00", stock=5)
+    tour = await factory.product(price="10.00", stock=5)
+    first = (await reserve(gql, token, room, 2))["reservation"]
+    second = (await reserve(gql, token, room, 1))["reservation"]
+    variables = {
+        "input": {
+            "idempotencyKey": "checkout",
+            "items": [
+                {"productId": pid(tour), "quantity": 4},
+                {"productId": pid(room), "quantity": 1},
+            ],
+            "reservationIds": [first["id"], second["id"]],
+        }
+    }
+    body = await gql(CREATE_ORDER, variables, token=token)
+    replay = await gql(CREATE_ORDER, variables, token=token)
+
+    order = body["data"]["createOrder"]["order"]
+    assert order["total"] == {"amount": "440.00", "currency": "EUR"}
+    lines = {item["product"]["id"]: item["quantity"] for item in order["items"]}
+    assert lines == {pid(room): 4, pid(tour): 4}
+    assert replay["data"]["createOrder"]["created"] is False
+    assert replay["data"]["createOrder"]["order"]["id"] == order["id"]
+    # The holds' 3 units were taken when reserving; only the extra unit is taken now.
+    assert await stock_of(session_factory, room) == 1
+    assert await stock_of(session_factory, tour) == 1
+    node = await gql(RESERVATION_NODE, {"id": first["id"]}, token=token)
+    assert node["data"]["node"]["status"] == "CONFIRMED"
+    again = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "again", "reservationIds": [first["id"]]}},
+        token=token,
+    )
+    assert again["data"]["createOrder"]["__typename"] == "ReservationNotHeld"
+
+
+async def test_checkout_with_someone_elses_hold_is_reservation_not_found(
+    factory: Factory, gql: GraphQL
+) -> None:
+    _, owner = await factory.user()
+    _, thief = await factory.user()
+    product = await factory.product(stock=2)
+    held = (await reserve(gql, owner, product, 1))["reservation"]
+    body = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "k", "reservationIds": [held["id"]]}},
+        token=thief,
+    )
+    assert body["data"]["createOrder"]["__typename"] == "ReservationNotFound"
+
+
+async def test_an_expired_hold_cannot_be_used_and_its_stock_comes_back_once(
+    factory: Factory,
+    gql: GraphQL,
+    session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=5)
+    held = (await reserve(gql, token, product, 3))["reservation"]
+    await expire(session_factory, held["id"])
+
+    node = await gql(RESERVATION_NODE, {"id": held["id"]}, token=token)
+    assert node["data"]["node"]["status"] == "EXPIRED"
+    checkout = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "late", "reservationIds": [held["id"]]}},
+        token=token,
+    )
+    assert checkout["data"]["createOrder"]["__typename"] == "ReservationExpired"
+    # The hold is lapsed but not yet swept: its units are still out of stock.
+    assert await stock_of(session_factory, product) == 2
+
+    outcomes = await asyncio.gather(
+        sweep_once(session_factory, settings),
+        sweep_once(session_factory, settings),
+        sweep_once(session_factory, settings),
+        gql(RELEASE, {"id": held["id"]}, token=token),
+    )
+    assert sorted(outcomes[:3]) == [0, 0, 1]
+    assert outcomes[3]["data"]["releaseReservation"]["__typename"] == "ReservationExpired"
+    assert await stock_of(session_factory, product) == 5
+    assert await sweep_once(session_factory, settings) == 0
+    assert await stock_of(session_factory, product) == 5
+
+
+async def test_many_concurrent_sweepers_give_each_expired_hold_back_once(
+    factory: Factory,
+    gql: GraphQL,
+    session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    _, token = await factory.user()
+    products = await factory.products(4, stock=20)
+    holds = []
+    for n in range(20):
+        holds.append((await reserve(gql, token, products[n % 4], 1 + n % 3))["reservation"])
+    live = (await reserve(gql, token, products[0], 1))["reservation"]
+    for hold in holds:
+        await expire(session_factory, hold["id"])
+
+    swept = await asyncio.gather(*(sweep_once(session_factory, settings) for _ in range(5)))
+
+    assert sum(swept) == 20
+    stocks = [await stock_of(session_factory, product) for product in products]
+    assert stocks == [19, 20, 20, 20]  # only the live hold is still out
+    node = await gql(RESERVATION_NODE, {"id": live["id"]}, token=token)
+    assert node["data"]["node"]["status"] == "HELD"
+
+
+async def test_a_lapsed_hold_stops_counting_against_stock_before_the_sweep(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, holder = await factory.user()
+    _, buyer = await factory.user()
+    product = await factory.product(stock=2)
+    held = (await reserve(gql, holder, product, 2))["reservation"]
+    refused = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "k", "items": [{"productId": pid(product), "quantity": 2}]}},
+        token=buyer,
+    )
+    assert refused["data"]["createOrder"]["__typename"] == "InsufficientStock"
+
+    await expire(session_factory, held["id"])
+    bought = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "k2", "items": [{"productId": pid(product), "quantity": 2}]}},
+        token=buyer,
+    )
+    assert bought["data"]["createOrder"]["__typename"] == "CreateOrderSuccess"
+    assert await stock_of(session_factory, product) == 0
+    release = await gql(RELEASE, {"id": held["id"]}, token=holder)
+    assert release["data"]["releaseReservation"]["__typename"] == "ReservationExpired"
+    assert await stock_of(session_factory, product) == 0
+
+
+async def test_unknown_reservation_ids_are_reservation_not_found(
+    factory: Factory, gql: GraphQL
+) -> None:
+    _, token = await factory.user()
+    ghost = to_global_id("Reservation", 424_242)
+    body = await gql(RELEASE, {"id": ghost}, token=token)
+    assert body["data"]["releaseReservation"]["__typename"] == "ReservationNotFound"
+
+
+RESERVATIONS = """
+query Mine($first: Int, $after: String, $status: ReservationStatus) {
+  reservations(first: $first, after: $after, status: $status) {
+    edges { node { id status quantity product { id stock } } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+async def test_the_viewer_lists_their_own_holds_with_lapsed_ones_as_expired(
+    factory: Factory,
+    gql: GraphQL,
+    session_factory: async_sessionmaker[AsyncSession],
+    statements: StatementCounter,
+) -> None:
+    _, token = await factory.user()
+    _, other = await factory.user()
+    products = await factory.products(3, stock=10)
+    ids = [(await reserve(gql, token, product, 1))["reservation"]["id"] for product in products]
+    await reserve(gql, other, products[0], 1)
+    await expire(session_factory, ids[0])
+
+    statements.reset()
+    everything = await gql(RESERVATIONS, {"first": 2}, token=token)
+    assert statements.count == 3, statements.statements  # viewer, reservations, products
+    page = everything["data"]["reservations"]
+    assert [edge["node"]["id"] for edge in page["edges"]] == [ids[2], ids[1]]
+    assert page["pageInfo"]["hasNextPage"] is True
+    rest = await gql(
+        RESERVATIONS, {"first": 2, "after": page["pageInfo"]["endCursor"]}, token=token
+    )
+    assert [edge["node"] for edge in rest["data"]["reservations"]["edges"]] == [
+        {
+            "id": ids[0],
+            "status": "EXPIRED",
+            "quantity": 1,
+            "product": {"id": pid(products[0]), "stock": 8},
+        }
+    ]
+    held = await gql(RESERVATIONS, {"status": "HELD"}, token=token)
+    expired = await gql(RESERVATIONS, {"status": "EXPIRED"}, token=token)
+    assert [e["node"]["id"] for e in held["data"]["reservations"]["edges"]] == [ids[2], ids[1]]
+    assert [e["node"]["id"] for e in expired["data"]["reservations"]["edges"]] == [ids[0]]
+    assert error_codes(await gql(RESERVATIONS, {})) == ["UNAUTHENTICATED"]
+
+
+async def test_holding_an_unknown_product_is_product_not_found(
+    factory: Factory, gql: GraphQL
+) -> None:
+    _, token = await factory.user()
+    body = await gql(
+        RESERVE,
+        {"input": {"productId": to_global_id("Product", 777), "quantity": 1}},
+        token=token,
+    )
+    assert body["data"]["reserveProduct"]["__typename"] == "ProductNotFound"
