@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,7 @@ class Result:
     statements: float | None = None
     cpu_ms: float | None = None
     db_cpu_ms: float | None = None
+    others_cpu_pct: float | None = None
     failed: str = ""  # the run itself could not happen (server did not start...)
     notes: list[str] = field(default_factory=list)
 
@@ -291,6 +293,8 @@ def bench_target(
                     )
                 cpu_before = server.cpu_seconds()
                 db_cpu_before = db_cpu_seconds(db)
+                machine_before = machine_busy_seconds()
+                wrk_before = wrk_cpu_seconds()
                 measured = run_wrk(
                     server,
                     request,
@@ -301,7 +305,14 @@ def bench_target(
                 )
                 cpu = server.cpu_seconds() - cpu_before
                 db_cpu = db_cpu_seconds(db)
+                machine = machine_busy_seconds() - machine_before
+                wrk_cpu = wrk_cpu_seconds() - wrk_before
                 fill_result(result, measured, cpu, db_cpu, db_cpu_before)
+                # CPU the machine spent on anything but this run (other jobs on a shared
+                # host): the noise under these numbers.
+                ours = cpu + wrk_cpu + ((db_cpu - db_cpu_before) if db_cpu and db_cpu_before else 0)
+                cores = os.cpu_count() or 1
+                result.others_cpu_pct = max(0.0, machine - ours) / (cores * result.seconds) * 100
                 if scenario.name == "reserve_product":
                     check = check_stock(db, context.hot_product_id, args.hot_stock)
                     checks.append(describe_stock_check(target, check, result))
@@ -314,6 +325,21 @@ def bench_target(
         set_statement_logging(db, False)
         server.stop()
     return results, firsts, checks
+
+
+def machine_busy_seconds() -> float:
+    """Non-idle CPU time of the whole machine so far (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(value) for value in fields]
+    # user nice system idle iowait irq softirq steal (guest time is already in user).
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_cpu_seconds() -> float:
+    """CPU of the harness's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def db_cpu_seconds(db: BenchDatabase) -> float | None:
@@ -400,12 +426,12 @@ def table(results: list[Result]) -> list[str]:
     by_key = {(r.target, r.scenario): r for r in results}
     lines = [
         "| target | scenario | req/s | p50 ms | p99 ms | errors | refused | SQL/req "
-        "| CPU ms/req | DB CPU ms/req | vs floor | vs PostGraphile |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| CPU ms/req | DB CPU ms/req | others' CPU | vs floor | vs PostGraphile |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if r.failed:
-            lines.append(f"| {r.target} | {r.scenario} | failed: {r.failed} | | | | | | | | | |")
+            lines.append(f"| {r.target} | {r.scenario} | failed: {r.failed} | | | | | | | | | | |")
             continue
         floor = by_key.get(("floor", r.scenario))
         peer = by_key.get(("postgraphile", r.scenario))
@@ -414,13 +440,14 @@ def table(results: list[Result]) -> list[str]:
             lines.append(
                 f"| {r.target} | {r.scenario} | ({r.rps:,.0f}) | {r.p50_ms:.1f} "
                 f"| {r.p99_ms:.1f} | **{r.errors}** | {r.rejected} | {_number(r.statements)} "
-                f"| {_number(r.cpu_ms, 2)} | {_number(r.db_cpu_ms, 2)} | n/a | n/a |"
+                f"| {_number(r.cpu_ms, 2)} | {_number(r.db_cpu_ms, 2)} "
+                f"| {_number(r.others_cpu_pct, 0)}% | n/a | n/a |"
             )
             continue
         lines.append(
             f"| {r.target} | {r.scenario} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
             f"| {r.errors} | {r.rejected} | {_number(r.statements)} | {_number(r.cpu_ms, 2)} "
-            f"| {_number(r.db_cpu_ms, 2)} "
+            f"| {_number(r.db_cpu_ms, 2)} | {_number(r.others_cpu_pct, 0)}% "
             f"| {_ratio(r.rps, _reference(floor))} | {_ratio(r.rps, _reference(peer))} |"
         )
     return lines
@@ -480,7 +507,9 @@ def report(
         "(transaction control included; from pg_stat_statements on a non-embedded database, n/a "
         "without it); *CPU ms/req* = "
         "user+system CPU of the server's process tree during the run / requests; *DB CPU "
-        "ms/req* = the same for PostgreSQL; *vs* = req/s ratio.",
+        "ms/req* = the same for PostgreSQL; *others' CPU* = share of the machine's CPU "
+        "(all cores) used during the run by anything else than the target, PostgreSQL and wrk: "
+        "other jobs on a shared host; when it is high, the row is noisy; *vs* = req/s ratio.",
         "",
         "Scenarios:",
         *scenario_lines,
