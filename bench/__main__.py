@@ -513,6 +513,12 @@ def report(
         "",
         "Scenarios:",
         *scenario_lines,
+        "",
+        "Peers: the floor runs one SQL per request that builds the whole response (token "
+        "lookup included) and calls the same PL/pgSQL functions as PostGraphile for writes "
+        "(bench/pg_functions.sql: rows locked FOR UPDATE in id order, an outbox row per order). "
+        "PostGraphile has no notion of our API tokens: the user is named in its queries, so it "
+        "does no authentication work.",
     ]
     if checks:
         parts += ["", "Stock checks after reserveProduct:", *[f"- {c}" for c in checks]]
