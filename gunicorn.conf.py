@@ -6,6 +6,7 @@ and connection pool in the app's lifespan and disposes of it on shutdown.
 """
 
 import multiprocessing
+import os
 from typing import Any
 
 from core.settings import get_settings
@@ -36,7 +37,8 @@ keepalive = _settings.keepalive
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter if _settings.max_requests else 0
 
-# Logs: JSON lines on stdout (access) and stderr (errors), for the log shipper.
+# Logs: access lines (JSON objects) on stdout; gunicorn's own lines and the app's (which
+# propagate to the root logger) on stderr in core.logging's format, correlation ID included.
 loglevel = _settings.log_level.lower()
 logger_class = "gql.worker.JsonAccessLogger"
 accesslog = "-" if _settings.access_log else None
@@ -53,8 +55,13 @@ logconfig_dict: dict[str, Any] = {
     "formatters": {
         # Access lines are already JSON objects: written as they are.
         "access": {"format": "%(message)s"},
-        "error": {"()": "gql.worker.JsonLineFormatter"},
+        "error": {
+            "()": "core.logging.JsonFormatter"
+            if _settings.log_json
+            else "core.logging.TextFormatter"
+        },
     },
+    "filters": {"correlation_id": {"()": "core.logging.CorrelationIdFilter"}},
     "handlers": {
         "access": {
             "class": "logging.StreamHandler",
@@ -64,10 +71,10 @@ logconfig_dict: dict[str, Any] = {
         "error": {
             "class": "logging.StreamHandler",
             "formatter": "error",
+            "filters": ["correlation_id"],
             "stream": "ext://sys.stderr",
         },
     },
-    # The app's own loggers propagate here: JSON lines on stderr too.
     "root": {"level": loglevel.upper(), "handlers": ["error"]},
     "loggers": {
         "gunicorn.access": {
@@ -78,6 +85,12 @@ logconfig_dict: dict[str, Any] = {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["error"], "propagate": False},
     },
 }
+
+
+# Metrics of several workers: prometheus-client reads this variable itself, in each worker, so
+# a value that came from a .env file is exported for it before the workers are forked.
+if _settings.prometheus_multiproc_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.prometheus_multiproc_dir)
 
 
 def on_starting(server: Any) -> None:
@@ -93,3 +106,23 @@ def on_starting(server: Any) -> None:
             "limits kept in memory would be per worker (each client would get N times its "
             "limit); set REDIS_URL, or WEB_CONCURRENCY=1."
         )
+    metrics_dir = _settings.prometheus_multiproc_dir
+    if metrics_dir:
+        # A previous run's files would add their counts to this one's.
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for stale in metrics_dir.glob("*.db"):
+            stale.unlink()
+    elif server.cfg.workers > 1:
+        server.log.warning(
+            "%d workers without PROMETHEUS_MULTIPROC_DIR: each scrape of /metrics shows the "
+            "numbers of whichever worker answered",
+            server.cfg.workers,
+        )
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges leave the multiprocess sums."""
+    if _settings.prometheus_multiproc_dir:
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

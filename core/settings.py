@@ -2,9 +2,11 @@
 
 import json
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -34,6 +36,13 @@ class Settings(BaseSettings):
     # Redis (rate limits, persisted queries). Optional for a single local process.
     redis_url: str | None = None
 
+    redis_key_prefix: str = "booking"
+    # Per Redis command: a stalled Redis must cost a request milliseconds, not seconds.
+    redis_timeout: float = Field(default=0.25, gt=0)
+    # After a Redis failure, skip Redis for this long (fail open or closed) instead of paying
+    # a connection attempt, and a warning, on every request.
+    redis_retry_interval: float = Field(default=2.0, ge=0)
+
     # HTTP serving.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -56,6 +65,38 @@ class Settings(BaseSettings):
     # API shape.
     max_page_size: int = Field(default=100, ge=1)
     default_page_size: int = Field(default=20, ge=1)
+
+    # The edge: logs, rate limits, query limits, persisted queries (see README "Limits").
+    log_json: bool = True
+    rate_limit_enabled: bool = True
+    rate_limit_default: str = "600/minute"
+    rate_limit_fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "createOrder": "30/minute",
+            "cancelOrder": "30/minute",
+            "reserveProduct": "60/minute",
+            "releaseReservation": "60/minute",
+        }
+    )
+    rate_limit_fail_open: bool = True
+    # Peers whose X-Forwarded-For is believed: comma-separated addresses or networks.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    max_request_bytes: int = Field(default=1_000_000, ge=1)
+    max_query_depth: int = Field(default=20, ge=1)
+    max_query_aliases: int = Field(default=30, ge=0)
+    max_query_tokens: int = Field(default=2000, ge=1)
+    max_query_cost: int = Field(default=5000, ge=1)
+    apq_ttl: int = Field(default=86400, ge=1)
+    apq_cache_size: int = Field(default=1000, ge=1)
+    # Allow-list mode: with a manifest (JSON of sha256 → query), only its queries may run.
+    persisted_queries_manifest: Path | None = None
+    readiness_timeout: float = Field(default=2.0, gt=0)
+    # Set (to an empty, writable folder) when several worker processes serve: prometheus-client
+    # then keeps its values there and /metrics adds up every worker's.
+    prometheus_multiproc_dir: Path | None = None
+    metrics_max_operation_names: int = Field(default=200, ge=0)
 
     # Writes (mutations). Limits of one order and one hold; attempts of a transaction that hit
     # a deadlock or serialization failure before the client is told anything went wrong.
@@ -82,6 +123,26 @@ class Settings(BaseSettings):
     seed_products: int = Field(default=500, ge=1)
     seed_orders: int = Field(default=2000, ge=0)
     seed: int = 42
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        parse_many(value)  # a typo fails at startup, not on the first request
+        return value
+
+    @field_validator("rate_limit_fields")
+    @classmethod
+    def _check_field_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        for limit in value.values():
+            parse_many(limit)
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -4,62 +4,53 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse
-from strawberry.fastapi import GraphQLRouter
-from strawberry.http import GraphQLHTTPResponse, process_result
-from strawberry.http.base import BaseRequestProtocol
-from strawberry.types import ExecutionResult
 
+from core.logging import configure_logging
+from core.redis import RedisCircuit, create_redis
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
+from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
-from gql.errors import with_codes
-from gql.graphiql import assets_router, graphiql_html
+from gql.graphiql import assets_router
+from gql.health import router as health_router
+from gql.metrics import OPERATION_NAMES
+from gql.middleware import BodyLimitMiddleware, CorrelationIdMiddleware, ErrorShieldMiddleware
+from gql.ratelimit import RateLimiter
+from gql.router import Edge, FastJSONGraphQLRouter
 from gql.schema import build_schema, schema
 
 logger = logging.getLogger(__name__)
 
-
-class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
-    """Strawberry's router with orjson on the hot paths of every request, and every error
-    given its stable code."""
-
-    async def process_result(
-        self, request: Request, result: ExecutionResult
-    ) -> GraphQLHTTPResponse:
-        result.errors = with_codes(result.errors)
-        return process_result(result)
-
-    def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
-
-    def decode_json(self, data: str | bytes) -> object:
-        return orjson.loads(data)
-
-    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
-        # A browser opening a shared link (`/graphql?query=…`) gets GraphiQL with the query in
-        # its editor; API clients (no text/html in Accept) still get the result of a GET.
-        return super().should_render_graphql_ide(request) or (
-            self.graphql_ide is not None
-            and request.method == "GET"
-            and "text/html" in request.headers.get("accept", "")
-        )
-
-    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
-        # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
-        return HTMLResponse(graphiql_html())
+__all__ = ["FastJSONGraphQLRouter", "app", "create_app"]
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
-    """An app bound to `database_url`, else to the settings' database, else the embedded one."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    configure_logs: bool = False,
+) -> FastAPI:
+    """An app bound to `database_url`, else to the settings' database, else the embedded one.
+    `configure_logs` makes its startup install the JSON log handler (for a served app, not for
+    one inside a test run)."""
     settings = settings or get_settings()
+    redis = create_redis(settings)
+    circuit = RedisCircuit(settings.redis_retry_interval)
+    manifest = (
+        load_manifest(settings.persisted_queries_manifest)
+        if settings.persisted_queries_manifest
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging(settings.log_level, json=settings.log_json, force=False)
+        if redis is None and settings.rate_limit_enabled and settings.is_production:
+            logger.warning("no REDIS_URL: rate limits and persisted queries are per process")
         url = database_url or resolve_database_url(settings.database_url, settings.data_dir)
         engine = create_engine(url, settings)
         app.state.engine = engine
@@ -68,6 +59,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             yield
         finally:
             await engine.dispose()
+            if redis is not None:
+                await redis.aclose()
 
     app = FastAPI(
         title="Booking GraphQL gateway",
@@ -77,26 +70,39 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.redis = redis
+    OPERATION_NAMES.limit = settings.metrics_max_operation_names
     router = FastJSONGraphQLRouter(
         # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
         build_schema(introspection=False) if settings.is_production else schema,
         path="/graphql",
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
+        edge=Edge(
+            settings=settings,
+            rate_limiter=RateLimiter(settings, redis, circuit),
+            persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+        ),
     )
     app.include_router(router)
+    app.include_router(health_router)
     if not settings.is_production:
         app.include_router(assets_router())
+    # The last added is the outermost. The correlation ID is set before anything else runs;
+    # CORS sits outside the shield, so a browser can read even a shielded 500.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
-            expose_headers=["X-Correlation-ID"],
+            expose_headers=["X-Correlation-ID", "Retry-After"],  # readable on a 429
             max_age=600,
         )
+    app.add_middleware(CorrelationIdMiddleware)
     return app
 
 
-app = create_app()
+app = create_app(configure_logs=True)

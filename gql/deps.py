@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import BackgroundTasks, Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.correlation import current_correlation_id
 from core.settings import Settings
 from gql.context import Context
 from services.auth import Actor, actor_for_token
@@ -68,7 +69,7 @@ async def get_context(
         settings=settings,
         viewer=viewer.actor,
         auth_error=viewer.error,
-        correlation_id=getattr(request.state, "correlation_id", None),
+        correlation_id=current_correlation_id(),
     )
     context.background_tasks = background_tasks
     return context

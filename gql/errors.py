@@ -5,7 +5,10 @@ import logging
 from typing import Any
 
 from graphql import GraphQLError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from core.correlation import current_correlation_id
 from services.errors import DomainError
 
 logger = logging.getLogger("gql.errors")
@@ -14,6 +17,18 @@ INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 BAD_USER_INPUT = "BAD_USER_INPUT"
+BAD_REQUEST = "BAD_REQUEST"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+FORBIDDEN = "FORBIDDEN"
+NOT_FOUND = "NOT_FOUND"
+RATE_LIMITED = "RATE_LIMITED"
+QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+PERSISTED_QUERY_NOT_ALLOWED = "PERSISTED_QUERY_NOT_ALLOWED"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+
+UNAVAILABLE_MESSAGE = "A service this request needs is unavailable; retry later"
 
 
 class ApiError(GraphQLError):
@@ -26,11 +41,19 @@ class ApiError(GraphQLError):
 
 
 class Unauthenticated(ApiError):
-    code = "UNAUTHENTICATED"
+    code = UNAUTHENTICATED
+
+
+class Forbidden(ApiError):
+    code = FORBIDDEN
+
+
+class NotFound(ApiError):
+    code = NOT_FOUND
 
 
 class BadUserInput(ApiError):
-    code = "BAD_USER_INPUT"
+    code = BAD_USER_INPUT
 
 
 def is_expected(error: GraphQLError) -> bool:
@@ -50,10 +73,17 @@ def with_code(error: GraphQLError) -> GraphQLError:
     elif original is None:
         code = (error.extensions or {}).get("code") or _code_of_request_error(error)
         message = error.message
+    elif is_unavailable(original):
+        # Still unexpected (logged with its stack), but the client learns a retry may work.
+        code = SERVICE_UNAVAILABLE
+        message = UNAVAILABLE_MESSAGE
     else:
         code = INTERNAL_SERVER_ERROR
         message = "Internal server error"
     extensions = {**(error.extensions or {}), "code": code}
+    correlation_id = current_correlation_id()
+    if correlation_id is not None:
+        extensions["correlationId"] = correlation_id
     return GraphQLError(
         message,
         nodes=error.nodes,
@@ -65,23 +95,50 @@ def with_code(error: GraphQLError) -> GraphQLError:
     )
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """A dependency is down or saturated (worth a retry), rather than a bug."""
+    if isinstance(error, (PoolTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError))
+    return False
+
+
 def _code_of_request_error(error: GraphQLError) -> str:
     """Errors of syntax, validation and variable coercion carry no original error."""
     if error.message.startswith("Syntax Error"):
+        # The parser's own token limit (set from MAX_QUERY_TOKENS) speaks as a syntax error.
+        if "Parsing aborted" in error.message:
+            return QUERY_TOO_COMPLEX
         return GRAPHQL_PARSE_FAILED
+    if error.message == "Maximum introspection depth exceeded":  # graphql-core's own rule
+        return QUERY_TOO_COMPLEX
     if error.message.startswith("Variable '$"):
         return BAD_USER_INPUT
     return GRAPHQL_VALIDATION_FAILED
 
 
 def log_unexpected(errors: list[GraphQLError]) -> None:
+    """The one place an unexpected error's stack is logged (the log line carries the
+    correlation ID the client was given)."""
     for error in errors:
         if not is_expected(error):
+            original = error.original_error
+            assert original is not None
             logger.error(
                 "unexpected error in %s",
-                ".".join(str(p) for p in error.path or ()),
-                exc_info=error.original_error,
+                ".".join(str(p) for p in error.path or ()) or "the operation",
+                exc_info=(type(original), original, original.__traceback__),
             )
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """A GraphQL-shaped body for a request refused or failed outside GraphQL execution."""
+    extensions: dict[str, Any] = {"code": code}
+    correlation_id = current_correlation_id()
+    if correlation_id is not None:
+        extensions["correlationId"] = correlation_id
+    return {"errors": [{"message": message, "extensions": extensions}]}
 
 
 def with_codes(errors: list[GraphQLError] | None) -> list[GraphQLError] | None:

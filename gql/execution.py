@@ -107,6 +107,12 @@ def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tu
 
 def _leaf_expression(writer: _PlanWriter, leaf_type: Any, value: str) -> str:
     serialize = writer.name("serialize_", leaf_type.serialize)
+    if isinstance(leaf_type, GraphQLEnumType):
+        # Rows hold enum values as plain strings, which Strawberry's enum type serializes by a
+        # slow general path: look the name up by value (a StrEnum member hashes as its value).
+        names = {definition.value: name for name, definition in leaf_type.values.items()}
+        lookup = writer.name("enum_names_", names)
+        return f"({lookup}.get({value}) or {serialize}({value}))"
     if leaf_type is GraphQLString or leaf_type is GraphQLID:
         return f"({value} if {value}.__class__ is str else {serialize}({value}))"
     if leaf_type is GraphQLInt:

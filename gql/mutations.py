@@ -108,12 +108,16 @@ def _check_list_size(context: Context, input: CreateOrderInput) -> None:
         raise InvalidInput(f"an order may list at most {limit} items and {limit} reservations")
 
 
-@strawberry.type
+@strawberry.type(
+    description="Each field commits or rolls back on its own. Payloads are nullable on purpose: "
+    "when a later field fails with an error (bad input, authentication), only that field is "
+    "null and the results of the fields before it, already committed, stay visible."
+)
 class Mutation:
     @strawberry.mutation(
         description="Place an order: stock is taken under row locks, all or nothing."
     )
-    async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload:
+    async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload | None:
         context = info.context
         actor = context.require_viewer()
         _check_list_size(context, input)
@@ -128,7 +132,7 @@ class Mutation:
         return CreateOrderSuccess(order=_order(result), created=result.created)
 
     @strawberry.mutation(description="Cancel one of the viewer's orders; its stock comes back.")
-    async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderPayload:
+    async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderPayload | None:
         context = info.context
         actor = context.require_viewer()
         order_id = row_id_of(id, "Order")
@@ -143,7 +147,7 @@ class Mutation:
     @strawberry.mutation(description="Hold units of a product for `ttlSeconds`.")
     async def reserve_product(
         self, info: Info, input: ReserveProductInput
-    ) -> ReserveProductPayload:
+    ) -> ReserveProductPayload | None:
         context = info.context
         actor = context.require_viewer()
         product_id = row_id_of(input.product_id, "Product")
@@ -166,7 +170,9 @@ class Mutation:
         return ReserveProductSuccess(reservation=Reservation.from_row(row))
 
     @strawberry.mutation(description="End a hold early; its stock comes back.")
-    async def release_reservation(self, info: Info, id: strawberry.ID) -> ReleaseReservationPayload:
+    async def release_reservation(
+        self, info: Info, id: strawberry.ID
+    ) -> ReleaseReservationPayload | None:
         context = info.context
         actor = context.require_viewer()
         reservation_id = row_id_of(id, "Reservation")

@@ -8,6 +8,7 @@ from strawberry.types import ExecutionContext
 
 from gql.errors import log_unexpected
 from gql.execution import CompiledExecutionContext
+from gql.extensions import EdgeExtension
 from gql.federation import SubgraphSchema
 from gql.mutations import Mutation
 from gql.queries import Query
@@ -33,6 +34,9 @@ def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
         mutation=Mutation,
         types=[Product, Order, User, Reservation],
         extensions=[
+            # Before the caches: sets the parser's token limit and adds the depth, alias and
+            # cost rule to validation (both cached with them); times the operation.
+            EdgeExtension,
             # Both caches live at module level, shared by every request of the process.
             lambda: ParserCache(maxsize=1000),
             lambda: ValidationCache(maxsize=1000),

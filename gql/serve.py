@@ -2,11 +2,11 @@
 data once, and serve the API with uvicorn."""
 
 import asyncio
-import logging
 
 import uvicorn
 from sqlalchemy import text
 
+from core.logging import configure_logging
 from core.settings import get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_engine
@@ -26,10 +26,7 @@ async def _is_empty(url: str) -> bool:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, json=settings.log_json)
     url = resolve_database_url(settings.database_url, settings.data_dir)
     upgrade_to_head(url)
     if asyncio.run(_is_empty(url)):
@@ -54,6 +51,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through our JSON handler
     )
 
 

@@ -39,26 +39,6 @@ class JsonAccessLogger(Logger):
         return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-class JsonLineFormatter(logging.Formatter):
-    """gunicorn's own messages (boot, worker exits, errors) as JSON lines, tracebacks included
-    as a field rather than as extra lines that would break line-by-line parsing."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "type": "server",
-            "level": record.levelname,
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
 @dataclass(slots=True)
 class _Response:
     """The little of a gunicorn response that `Logger.atoms` reads."""

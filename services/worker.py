@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.correlation import current_correlation_id
+from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_engine, create_session_factory
@@ -133,23 +133,10 @@ async def run_worker(
         logger.info("worker stopped")
 
 
-class CorrelationIdFilter(logging.Filter):
-    """Puts the correlation ID of the delivery in progress on every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = current_correlation_id() or "-"
-        return True
-
-
 def main() -> None:
     settings = get_settings()
-    handler = logging.StreamHandler()
-    handler.addFilter(CorrelationIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s")
-    )
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The service's JSON lines, each with the correlation ID of the delivery in progress.
+    configure_logging(settings.log_level, json=settings.log_json)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def run() -> None:

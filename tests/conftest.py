@@ -37,7 +37,15 @@ async def database_url(databases: DatabaseFactory) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(environment="test", redis_url=None, db_pool_size=5, db_max_overflow=20)
+    # Rate limits off here: suites that hammer one user (concurrency tests) would hit them;
+    # tests/test_edge.py turns them on where they are the subject.
+    return Settings(
+        environment="test",
+        redis_url=None,
+        db_pool_size=5,
+        db_max_overflow=20,
+        rate_limit_enabled=False,
+    )
 
 
 @pytest.fixture

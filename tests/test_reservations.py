@@ -47,7 +47,12 @@ query Node($id: ID!) { node(id: $id) { ... on Reservation { id status quantity }
 @pytest.fixture
 def settings() -> Settings:
     return Settings(
-        environment="test", redis_url=None, db_pool_size=10, db_max_overflow=20, db_pool_timeout=60
+        environment="test",
+        redis_url=None,
+        db_pool_size=10,
+        db_max_overflow=20,
+        db_pool_timeout=60,
+        rate_limit_enabled=False,  # concurrency tests, not limit tests
     )
 
 
@@ -57,7 +62,9 @@ async def reserve(gql: GraphQL, token: str, product: Any, quantity: int, **extra
         {"input": {"productId": pid(product), "quantity": quantity, **extra}},
         token=token,
     )
-    return body["data"]["reserveProduct"] if body.get("data") else body
+    # Payloads are nullable: a refused field is null in `data`, its error in `errors`.
+    payload = (body.get("data") or {}).get("reserveProduct")
+    return payload if payload is not None else body
 
 
 async def expire(session_factory: async_sessionmaker[AsyncSession], reservation_gid: str) -> None:

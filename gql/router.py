@@ -1,0 +1,311 @@
+"""The GraphQL route: Strawberry's router with orjson, stable error codes, the
+GraphQL-over-HTTP status codes and media type, persisted queries, and rate limits checked
+after authentication and before anything is parsed or executed."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from fastapi import Request, Response
+from fastapi.responses import HTMLResponse
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    parse,
+)
+from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
+from strawberry.http.base import BaseRequestProtocol
+from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.unset import UNSET
+
+from core.settings import Settings
+from gql.apq import PersistedQueries, is_sha256, sha256_of
+from gql.errors import (
+    BAD_REQUEST,
+    NOT_FOUND,
+    PERSISTED_QUERY_NOT_ALLOWED,
+    PERSISTED_QUERY_NOT_FOUND,
+    RATE_LIMITED,
+    SERVICE_UNAVAILABLE,
+    error_body,
+    with_codes,
+)
+from gql.graphiql import graphiql_html
+from gql.metrics import ERRORS
+from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+
+
+class Refused(Exception):
+    """A request turned away before GraphQL execution, answered with a GraphQL-shaped body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class Edge:
+    """What the route needs besides the schema, made once per app."""
+
+    settings: Settings
+    rate_limiter: RateLimiter
+    persisted_queries: PersistedQueries
+    limited_fields: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limited_fields = frozenset(self.rate_limiter.limited_fields())
+
+
+class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
+    """Strawberry's router with orjson on the hot paths of every request, and every error
+    given its stable code."""
+
+    def __init__(self, *args: Any, edge: Edge, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.edge = edge
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        try:
+            response = await super().run(request, context=context, root_value=root_value)
+        except Refused as refused:
+            return self._refusal(request, refused)
+        except RateLimitUnavailable:
+            return self._refusal(
+                request,
+                Refused(
+                    503,
+                    SERVICE_UNAVAILABLE,
+                    "Rate limits cannot be checked; retry later",
+                    {"Retry-After": "1"},
+                ),
+            )
+        except HTTPException as error:
+            # Strawberry answers these in plain text; clients get the same shape as any error.
+            code = NOT_FOUND if error.status_code == 404 else BAD_REQUEST
+            return self._refusal(request, Refused(error.status_code, code, error.reason))
+        if (
+            isinstance(response, Response)
+            and response.media_type == JSON
+            and _prefers_graphql_response_json(request.headers.get("accept"))
+        ):
+            response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
+            # GraphQL over HTTP: a request that failed before execution (no `data`) is a
+            # client error; with plain application/json it stays 200 for old clients.
+            if getattr(request.state, "graphql_request_error", False):
+                response.status_code = 400
+        return response
+
+    def _refusal(self, request: Request, refused: Refused) -> Response:
+        ERRORS.labels(refused.code).inc()
+        wants_new = _prefers_graphql_response_json(request.headers.get("accept"))
+        return Response(
+            orjson.dumps(error_body(refused.code, refused.message)),
+            status_code=refused.status,
+            media_type=GRAPHQL_RESPONSE_JSON if wants_new else JSON,
+            headers=refused.headers,
+        )
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        params = request.query_params
+        if request.method == "GET" and "extensions" in params and "query" not in params:
+            # Only a persisted query's hash: an API client, not a browser.
+            return False
+        # A browser opening a shared link (`/graphql?query=…`) gets GraphiQL with the query in
+        # its editor; API clients (no text/html in Accept) still get the result of a GET.
+        return super().should_render_graphql_ide(request) or (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        )
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
+        return HTMLResponse(graphiql_html())
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        if isinstance(data, list):
+            return [await self._resolve_persisted(item) for item in data]
+        return await self._resolve_persisted(data)
+
+    async def _resolve_persisted(self, data: GraphQLRequestData) -> GraphQLRequestData:
+        """Apollo APQ: the hash alone runs a known query; hash and query register it."""
+        store = self.edge.persisted_queries
+        persisted = (data.extensions or {}).get("persistedQuery")
+        if persisted is None:
+            if store.allow_list is not None:
+                raise Refused(
+                    400, PERSISTED_QUERY_NOT_ALLOWED, "Only persisted queries may run here"
+                )
+            return data
+        sha = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
+        if not isinstance(persisted, dict) or persisted.get("version") != 1 or not is_sha256(sha):
+            raise Refused(
+                400, BAD_REQUEST, "Unsupported persisted query: use version 1 and a sha256Hash"
+            )
+        assert isinstance(sha, str)
+        if data.query is None:
+            query = await store.get(sha)
+            if query is None:
+                # Apollo clients resend the full query on this message and code; 200 as
+                # Apollo's servers answer, since nothing is wrong with the request.
+                raise Refused(200, PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound")
+            data.query = query
+            return data
+        if sha256_of(data.query) != sha:
+            raise Refused(400, BAD_REQUEST, "provided sha does not match query")
+        if store.allow_list is not None:
+            if sha not in store.allow_list:
+                raise Refused(400, PERSISTED_QUERY_NOT_ALLOWED, "This query is not allowed here")
+            return data
+        await store.put(sha, data.query)
+        return data
+
+    async def execute_operation(  # noqa: PLR0917
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Any,
+        root_value: Any,
+        sub_response: Response,
+    ) -> Any:
+        await self._check_rate_limits(request, request_data, context)
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+
+    async def _check_rate_limits(
+        self,
+        request: Request,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Any,
+    ) -> None:
+        limiter = self.edge.rate_limiter
+        if not limiter.enabled:
+            return
+        viewer = getattr(context, "viewer", None)
+        if viewer is not None:
+            caller = f"user:{viewer.user_id}"
+        else:
+            settings = self.edge.settings
+            peer = request.client.host if request.client else None
+            caller = "ip:" + client_ip(
+                peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies
+            )
+        fields: Counter[str] = Counter()
+        for item in request_data if isinstance(request_data, list) else [request_data]:
+            query = item.query or ""
+            # Cheap filter first: most operations name no field with a limit of its own.
+            if any(name in query for name in self.edge.limited_fields):
+                fields.update(
+                    dict(
+                        root_fields(query, item.operation_name, self.edge.settings.max_query_tokens)
+                    )
+                )
+        refusal = await limiter.check(caller, fields)
+        if refusal is not None:
+            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
+            raise Refused(
+                429,
+                RATE_LIMITED,
+                f"Too many {what}; retry in {refusal.retry_after}s",
+                {"Retry-After": str(refusal.retry_after)},
+            )
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        result.errors = with_codes(result.errors)
+        response = process_result(result)
+        if result.errors:
+            for error in result.errors:
+                ERRORS.labels((error.extensions or {}).get("code", "UNKNOWN")).inc()
+        if isinstance(result, PreExecutionError):
+            # A request error (parse, validation, limits): the spec says no `data` at all.
+            response.pop("data", None)
+            request.state.graphql_request_error = True
+        return response
+
+    def encode_json(self, data: object) -> bytes:
+        return orjson.dumps(data)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return orjson.loads(data)
+
+
+def _prefers_graphql_response_json(accept: str | None) -> bool:
+    """Whether the client asked for application/graphql-response+json at least as much as for
+    application/json (without an Accept header, the spec says: treat it as application/json)."""
+    if not accept or GRAPHQL_RESPONSE_JSON not in accept:
+        return False
+    quality = {GRAPHQL_RESPONSE_JSON: 0.0, JSON: 0.0}
+    for part in accept.split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        if media in quality:
+            q = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() == "q":
+                    try:
+                        q = float(value)
+                    except ValueError:
+                        q = 0.0
+            quality[media] = q
+    return quality[GRAPHQL_RESPONSE_JSON] > 0 and quality[GRAPHQL_RESPONSE_JSON] >= quality[JSON]
+
+
+@lru_cache(maxsize=1000)
+def root_fields(
+    query: str, operation_name: str | None, max_tokens: int
+) -> tuple[tuple[str, int], ...]:
+    """How many times each root field occurs in the operation that will run (through
+    fragments too), for the per-field limits; nothing when the document does not parse (the
+    parse error is reported by the normal path)."""
+    try:
+        document = parse(query, no_location=True, max_tokens=max_tokens)
+    except GraphQLError:
+        return ()
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name and o.name.value == operation_name]
+    if len(operations) != 1:
+        return ()
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    counts: Counter[str] = Counter()
+
+    def collect(selection_set: SelectionSetNode, seen: frozenset[str]) -> None:
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                counts[selection.name.value] += 1
+            elif isinstance(selection, InlineFragmentNode):
+                collect(selection.selection_set, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in fragments and name not in seen:
+                    collect(fragments[name].selection_set, seen | {name})
+
+    collect(operations[0].selection_set, frozenset())
+    return tuple(counts.items())
