@@ -22,12 +22,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class JsonAtoms(SafeAtoms):
     """gunicorn's access-log atoms JSON-escaped (gunicorn's own only escape double quotes),
     so that an `access_log_format` written as a JSON object stays valid JSON whatever a client
-    sends: quotes or backslashes in a User-Agent, control characters in a path..."""
+    sends: quotes or backslashes in a User-Agent, control characters in a path... Escaped when
+    the format reads them, not all up front: most atoms (every header) are never used."""
 
     def __init__(self, atoms: dict[str, Any]) -> None:
-        dict.__init__(self)
-        for key, value in atoms.items():
-            self[key] = json.dumps(value)[1:-1] if isinstance(value, str) else value
+        dict.__init__(self, atoms)
+
+    def __getitem__(self, key: str) -> Any:
+        if key.startswith("{"):
+            key = key.lower()
+        value = dict.get(self, key, "-")
+        return json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
 class JsonAccessLogger(Logger):
@@ -41,11 +46,18 @@ class JsonAccessLogger(Logger):
 
 @dataclass(slots=True)
 class _Response:
-    """The little of a gunicorn response that `Logger.atoms` reads."""
+    """The little of a gunicorn response that `Logger.atoms` reads; headers decoded only when
+    a line is written."""
 
     status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     sent: int = 0
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers
+        ]
 
 
 class AccessLogMiddleware:
@@ -72,10 +84,7 @@ class AccessLogMiddleware:
         async def send_and_record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response.status = message["status"]
-                response.headers = [
-                    (name.decode("latin-1"), value.decode("latin-1"))
-                    for name, value in message.get("headers", ())
-                ]
+                response.raw_headers = message.get("headers", [])
             elif message["type"] == "http.response.body":
                 response.sent += len(message.get("body", b""))
             await send(message)
