@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format seed clean schema assets gateway-packages browser
+.PHONY: install run test lint format seed clean schema assets gateway-packages browser bench
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -69,3 +70,11 @@ test: assets gateway-packages browser
 .PHONY: worker
 worker: install  # deliver the notification outbox and sweep expired holds (run any number)
 	$(BIN)/python -m services.worker
+
+# `make bench ARGS="--only order_history --targets floor,ours --duration 5"`: see README.
+# A measurement, not a test; it needs wrk (Debian package) and PostGraphile (npm ci).
+bench: install bench/postgraphile/$(NPM_STAMP)
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=300 wrk \
+		|| { $(SUDO) apt-get update -q \
+		  && $(SUDO) apt-get install -y -q -o DPkg::Lock::Timeout=300 wrk; }
+	$(BIN)/python -m bench $(ARGS)

@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     # CORS_ORIGINS=https://app.example.com,https://admin.example.com (or a JSON list).
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # Production serving under gunicorn (gunicorn.conf.py). WEB_CONCURRENCY unset: from the
+    # CPU count. BIND unset: HOST:PORT.
+    web_concurrency: int | None = Field(default=None, ge=1)
+    bind: str | None = None
+    worker_timeout: int = Field(default=30, ge=0)
+    graceful_timeout: int = Field(default=30, ge=0)
+    keepalive: int = Field(default=5, ge=0)
+    max_requests: int = Field(default=10_000, ge=0)
+    max_requests_jitter: int = Field(default=1_000, ge=0)
+    access_log: bool = True
+
     # API shape.
     max_page_size: int = Field(default=100, ge=1)
     default_page_size: int = Field(default=20, ge=1)
