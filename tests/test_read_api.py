@@ -4,6 +4,7 @@ import base64
 from decimal import Decimal
 
 import asyncpg
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.compiled import driver_connection
@@ -377,3 +378,42 @@ async def test_connections_dropped_by_the_server_are_replaced_unseen(
     for _ in range(3):
         body = await gql(query)
         assert body["data"]["products"]["edges"][0]["node"]["name"] == "Survivor", body
+
+
+async def test_the_connection_is_back_in_the_pool_before_the_response_is_sent(
+    factory: Factory, app: FastAPI
+) -> None:
+    _, token = await factory.user()
+    await factory.product()
+    checked_out_at_response: list[int] = []
+    body = b'{"query": "{ me { id } products(first: 1) { edges { cursor } } }"}'
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200
+            checked_out_at_response.append(app.state.engine.pool.checkedout())
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert checked_out_at_response == [0]
