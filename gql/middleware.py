@@ -6,7 +6,9 @@ import re
 import uuid
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.utils import ClientDisconnected
 
 from core.correlation import correlation_id_var
 from gql.errors import (
@@ -97,6 +99,10 @@ class ErrorShieldMiddleware:
         except RequestTooLarge as error:
             if not started:
                 await _send_error(send, 413, REQUEST_TOO_LARGE, str(error))
+        except (ClientDisconnect, ClientDisconnected):
+            # The client went away (closed the connection mid-request): nobody to answer, and
+            # nothing went wrong on our side, so no error line and no 500 in the metrics.
+            logger.info("client disconnected: %s %s", scope.get("method"), scope.get("path"))
         except Exception as error:
             unavailable = is_unavailable(error)
             logger.error(

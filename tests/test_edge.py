@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
-from fastapi import BackgroundTasks
+from fastapi import BackgroundTasks, FastAPI
 from graphql import get_introspection_query
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.protocols.utils import ClientDisconnected
 
 from gql.ids import to_global_id
 from gql.ratelimit import client_ip
@@ -123,6 +125,37 @@ async def test_an_unexpected_failure_is_masked_with_the_correlation_id_and_logge
     assert len(errors) == 1, errors
     assert errors[0]["correlation_id"] == correlation_id
     assert "UndefinedTableError" in errors[0]["exception"]
+
+
+async def test_a_client_that_hangs_up_is_not_an_error(app: FastAPI) -> None:
+    """wrk closing its connections, a browser tab closed mid-request: no ERROR line, no 500."""
+    body = orjson.dumps({"query": PRODUCTS})
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        raise ClientDisconnected  # as uvicorn's send does once the socket is gone
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    async with captured_logs() as logs:
+        await app(scope, receive, send)
+    assert [line for line in logs.lines if line["level"] == "ERROR"] == []
+    assert any("client disconnected" in line["message"] for line in logs.lines)
 
 
 async def test_a_failure_before_graphql_runs_is_a_graphql_shaped_500(
