@@ -26,7 +26,7 @@ from graphql import (
     GraphQLScalarType,
     GraphQLString,
 )
-from graphql.language import FieldNode
+from graphql.language import FieldNode, FragmentSpreadNode
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 PREFETCHED_PREFIX = "prefetched_"
@@ -166,7 +166,7 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
         self, writer: _PlanWriter, object_type: GraphQLObjectType, details: Sequence[Any]
     ) -> str:
         for detail in details:
-            if detail.node.directives:
+            if detail.node.directives or self._fragments_have_directives(detail.node):
                 raise NotCompilable
         grouped = self.collect_subfields(object_type, list(details))[0]
         body: list[str] = []
@@ -193,6 +193,30 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 f"{response_key!r}: {self._write_value(writer, field.type, field_details, value)}"
             )
         return writer.function(object_type, body, "{" + ", ".join(items) + "}")
+
+    def _fragments_have_directives(self, node: FieldNode) -> bool:
+        """Whether a fragment at this level carries @include/@skip: what it selects then
+        depends on the variables, and a plan is reused across requests."""
+        pending = list(node.selection_set.selections) if node.selection_set else []
+        seen: set[str] = set()
+        while pending:
+            selection = pending.pop()
+            if isinstance(selection, FieldNode):
+                continue
+            if selection.directives:
+                return True
+            if isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                details = self.fragments.get(name)
+                if details is None or name in seen:
+                    continue
+                seen.add(name)
+                if details.variable_signatures or details.definition.directives:
+                    return True  # fragment arguments depend on the request too
+                pending.extend(details.definition.selection_set.selections)
+            else:
+                pending.extend(selection.selection_set.selections)
+        return False
 
     def _write_value(
         self, writer: _PlanWriter, output_type: Any, details: Sequence[Any], value: str

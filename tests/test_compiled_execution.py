@@ -83,3 +83,32 @@ async def test_order_history_is_completed_by_a_compiled_plan(
     await _run(schema, QUERIES[0], session_factory, Actor(user_id=user.id, is_admin=False))
     compiled = {key[0].name for key, (_, plan) in execution._plans.items() if plan is not None}
     assert "OrderConnection" in compiled
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        """query ($x: Boolean!) { orders(first: 5) { edges { node { id
+             ... @include(if: $x) { status } } } } }""",
+        """fragment F on Order { status }
+           query ($x: Boolean!) {
+             orders(first: 5) { edges { node { id ...F @skip(if: $x) } } } }""",
+    ],
+)
+async def test_fragment_directives_follow_each_requests_variables(
+    query: str, factory: Factory, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """A plan is reused by every request of a document: what a fragment's @include or @skip
+    selects must come from each request's variables, not from the first one's."""
+    user, _ = await factory.user()
+    await factory.order(user, [(await factory.product(), 1)])
+    actor = Actor(user_id=user.id, is_admin=False)
+    for x in (True, False, True, False):
+        async with session_factory() as session:
+            context = Context(session=session, settings=Settings(), viewer=actor, auth_error=None)
+            result = await schema.execute(query, variable_values={"x": x}, context_value=context)
+        assert result.errors is None, result.errors
+        assert result.data is not None
+        node = result.data["orders"]["edges"][0]["node"]
+        included = x if "@include" in query else not x
+        assert ("status" in node) is included, (x, node)
