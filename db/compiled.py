@@ -68,8 +68,21 @@ async def driver_connection(session: AsyncSession) -> Any:
 
 
 async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) -> list[Record]:
+    """Run a read. Not for writes or `FOR UPDATE`: SQLAlchemy's adapter begins its database
+    transaction lazily, on its own first statement, so a statement sent here before that runs
+    in autocommit (harmless for a read under READ COMMITTED, wrong for a lock)."""
     driver = await driver_connection(session)
-    rows: list[Record] = await driver.fetch(query.sql, *query.arguments(parameters))
+    try:
+        rows: list[Record] = await driver.fetch(query.sql, *query.arguments(parameters))
+    except Exception as error:
+        if not driver.is_closed():
+            raise
+        # The server dropped the connection (restart, failover, idle kill). SQLAlchemy never
+        # saw this statement, so tell the pool ourselves: the connection is discarded rather
+        # than handed to the next request, and the caller learns the database is unavailable.
+        session.info.pop(_DRIVER_KEY, None)
+        await (await session.connection()).invalidate(error)
+        raise ConnectionError("the database connection was lost") from error
     return rows
 
 
