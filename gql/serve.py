@@ -1,5 +1,5 @@
 """`make run`: bring up the database (embedded unless DATABASE_URL is set), migrate, seed demo
-data once, and serve the API with uvicorn."""
+data once into the embedded database, and serve the API with uvicorn."""
 
 import asyncio
 
@@ -29,7 +29,10 @@ def main() -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     url = resolve_database_url(settings.database_url, settings.data_dir)
     upgrade_to_head(url)
-    if asyncio.run(_is_empty(url)):
+    # Demo users have tokens anyone can derive from the seed: only the embedded development
+    # database gets them, never a database named by DATABASE_URL (use `make seed` for that).
+    demo = settings.database_url is None and not settings.is_production
+    if demo and asyncio.run(_is_empty(url)):
         asyncio.run(
             seed_database(
                 url,
@@ -41,10 +44,11 @@ def main() -> None:
         )
         print(f"seeded demo data (seed {settings.seed})")
     print(f"\nGraphiQL: http://{settings.host}:{settings.port}/graphql")
-    print(f"Demo tokens (seed {settings.seed}), send as 'Authorization: Bearer <token>':")
-    for user in demo_users(min(3, settings.seed_users), settings.seed):
-        role = "admin   " if user.is_admin else "customer"
-        print(f"  {role} {user.email:<36} {user.token}")
+    if demo:
+        print(f"Demo tokens (seed {settings.seed}), send as 'Authorization: Bearer <token>':")
+        for user in demo_users(min(3, settings.seed_users), settings.seed):
+            role = "admin   " if user.is_admin else "customer"
+            print(f"  {role} {user.email:<36} {user.token}")
     print(flush=True)
     uvicorn.run(
         create_app(settings, database_url=url),

@@ -135,6 +135,10 @@ async def run_worker(
 
 def main() -> None:
     settings = get_settings()
+    if settings.is_production and not settings.webhook_url:
+        # The logging sender marks every notification DELIVERED: in production a missing
+        # WEBHOOK_URL would silently lose them all.
+        raise SystemExit("refusing to start: ENVIRONMENT=production needs WEBHOOK_URL")
     # The service's JSON lines, each with the correlation ID of the delivery in progress.
     configure_logging(settings.log_level, json=settings.log_json)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -298,9 +298,14 @@ async def test_a_webhook_error_answer_is_a_failed_attempt(
     assert note.last_error is not None and str(status) in note.last_error
 
 
-async def test_the_worker_imports_neither_fastapi_nor_strawberry() -> None:
+async def test_services_and_db_import_neither_the_web_nor_graphql() -> None:
+    """The domain can run in a worker, a CLI or a test: importing every module of services/
+    and db/ (the worker among them) loads no FastAPI, Starlette or Strawberry."""
     check = (
-        "import sys, services.worker; "
+        "import sys, pkgutil, importlib, services, db; "
+        "[importlib.import_module(m.name) for package in (services, db) "
+        " for m in pkgutil.walk_packages(package.__path__, package.__name__ + '.') "
+        " if not m.name.startswith('db.migrations')]; "
         "leaked = [m for m in ('fastapi', 'starlette', 'strawberry') if m in sys.modules]; "
         "sys.exit(', '.join(leaked) or None)"
     )
@@ -309,3 +314,19 @@ async def test_the_worker_imports_neither_fastapi_nor_strawberry() -> None:
     )
     _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
+
+
+async def test_the_worker_refuses_production_without_a_webhook() -> None:
+    """The logging sender would mark every notification delivered: lost, in production."""
+    environment = {**os.environ, "ENVIRONMENT": "production", "WEBHOOK_URL": ""}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.worker",
+        cwd=PROJECT_ROOT,
+        env=environment,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode != 0
+    assert b"WEBHOOK_URL" in stderr
