@@ -17,18 +17,6 @@ class InvalidInput(DomainError):
     code = "BAD_USER_INPUT"
 
 
-class NotAuthenticated(DomainError):
-    code = "UNAUTHENTICATED"
-
-
-class NotAllowed(DomainError):
-    code = "FORBIDDEN"
-
-
-class NotFound(DomainError):
-    code = "NOT_FOUND"
-
-
 class BusinessError(DomainError):
     """An expected outcome of a write use case that the client handles as data (a typed member
     of the mutation's payload union), not as an error. Raising it rolls the transaction back."""
