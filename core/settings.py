@@ -4,10 +4,10 @@ import json
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from limits import parse_many
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=20, ge=1)
     max_query_aliases: int = Field(default=30, ge=0)
     max_query_tokens: int = Field(default=2000, ge=1)
+    # Longest query text accepted, refused before it is parsed or cached (caches are keyed by
+    # the text, so its size bounds their memory).
+    max_query_bytes: int = Field(default=65536, ge=1)
     max_query_cost: int = Field(default=5000, ge=1)
     apq_ttl: int = Field(default=86400, ge=1)
     apq_cache_size: int = Field(default=1000, ge=1)
@@ -104,6 +107,8 @@ class Settings(BaseSettings):
     max_idempotency_key_length: int = Field(default=128, ge=1, le=128)
     hold_ttl_min_seconds: int = Field(default=60, ge=1)
     hold_ttl_max_seconds: int = Field(default=3600, ge=1)
+    # How long a hold lasts when the client sends no ttlSeconds; within min..max.
+    hold_ttl_default_seconds: int = Field(default=900, ge=1)
     db_transaction_attempts: int = Field(default=4, ge=1)
 
     # Outbox worker (`python -m services.worker`) and its expired-holds sweeper.
@@ -152,6 +157,22 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        # A default outside its own bounds would refuse every request that relies on it:
+        # fail at startup instead.
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("DEFAULT_PAGE_SIZE must not exceed MAX_PAGE_SIZE")
+        if self.hold_ttl_min_seconds > self.hold_ttl_max_seconds:
+            raise ValueError("HOLD_TTL_MIN_SECONDS must not exceed HOLD_TTL_MAX_SECONDS")
+        ttl_min, ttl_max = self.hold_ttl_min_seconds, self.hold_ttl_max_seconds
+        if not ttl_min <= self.hold_ttl_default_seconds <= ttl_max:
+            raise ValueError(
+                "HOLD_TTL_DEFAULT_SECONDS must lie between HOLD_TTL_MIN_SECONDS "
+                "and HOLD_TTL_MAX_SECONDS"
+            )
+        return self
 
     @property
     def is_production(self) -> bool:

@@ -9,6 +9,9 @@ import orjson
 from services.errors import InvalidInput
 
 MAX_CURSOR_LENGTH = 500
+# Integer key parts are row ids: PostgreSQL bigint identities, never 0 or negative. Anything
+# else would reach the driver and fail there as an unexpected error.
+MAX_KEY_ID = 2**63 - 1
 
 
 def encode_cursor(ordering: str, *key: str | int) -> str:
@@ -33,5 +36,7 @@ def decode_cursor(cursor: str, ordering: str, key_types: tuple[type, ...]) -> tu
     # bool is an int in Python, but never a valid key part here.
     for part, expected in zip(key, key_types, strict=True):
         if type(part) is not expected:
+            raise InvalidInput("malformed cursor")
+        if isinstance(part, int) and not 1 <= part <= MAX_KEY_ID:
             raise InvalidInput("malformed cursor")
     return key

@@ -1,7 +1,9 @@
 """Prometheus metrics of the edge. Counters are bumped where the event happens; the pool gauge
 is read at scrape time, so the hot path pays for nothing it does not use."""
 
+import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -12,6 +14,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -39,6 +42,8 @@ DB_POOL_CHECKED_OUT = Gauge(
     "Database connections in use, read at scrape time.",
     multiprocess_mode="livesum",
 )
+
+logger = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -87,11 +92,41 @@ def metrics_response(engine: AsyncEngine | None, *, multiprocess_dir: object = N
         checkedout = getattr(engine.pool, "checkedout", None)
         if checkedout is not None:
             DB_POOL_CHECKED_OUT.set(checkedout())
-    if multiprocess_dir:
+    if multiprocess_dir and _multiprocess_ready(Path(str(multiprocess_dir))):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        # The folder of the settings, not os.environ's: they differ when it came from .env.
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=str(multiprocess_dir)
+        )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+_warned: set[Path] = set()
+
+
+def _multiprocess_ready(folder: Path) -> bool:
+    """Whether this process writes its values to `folder` for the multi-process collector.
+    prometheus-client picks its mode from os.environ when it is imported, so a setting read
+    from .env, or a process not started through gunicorn.conf.py (which exports it), keeps
+    its values in memory; a missing folder would make the collector fail. Either way this
+    process's own values are served, and that is said once."""
+    multiprocess_mode = values.ValueClass is not values.MutexValue
+    if multiprocess_mode and folder.is_dir():
+        return True
+    if folder not in _warned:
+        _warned.add(folder)
+        reason = (
+            "is not a folder"
+            if not folder.is_dir()
+            else "was not in the environment when the process started"
+        )
+        logger.warning(
+            "PROMETHEUS_MULTIPROC_DIR %s %s: /metrics shows this process's values only",
+            folder,
+            reason,
+        )
+    return False
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -12,12 +12,16 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from core.correlation import correlation_id_var
 from gql.errors import (
+    BAD_USER_INPUT,
     INTERNAL_SERVER_ERROR,
+    MALFORMED_VALUE_MESSAGE,
     REQUEST_TOO_LARGE,
     SERVICE_UNAVAILABLE,
     UNAVAILABLE_MESSAGE,
     error_body,
     is_unavailable,
+    log_malformed_value,
+    malformed_value,
 )
 from gql.metrics import ERRORS
 
@@ -104,6 +108,13 @@ class ErrorShieldMiddleware:
             # nothing went wrong on our side, so no error line and no 500 in the metrics.
             logger.info("client disconnected: %s %s", scope.get("method"), scope.get("path"))
         except Exception as error:
+            rejected = malformed_value(error)
+            if rejected is not None:
+                # A value the database refused (e.g. in a header it was given): the client's.
+                log_malformed_value(rejected, f"{scope.get('method')} {scope.get('path')}")
+                if not started:
+                    await _send_error(send, 400, BAD_USER_INPUT, MALFORMED_VALUE_MESSAGE)
+                return
             unavailable = is_unavailable(error)
             logger.error(
                 "request failed outside GraphQL execution: %s %s",

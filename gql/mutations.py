@@ -7,6 +7,7 @@ from typing import TypeVar
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.settings import Settings
 from db.transactions import run_in_transaction
 from gql.context import Context, Info
 from gql.ids import row_id_of
@@ -24,11 +25,9 @@ from gql.types.payloads import (
 )
 from gql.types.reservations import Reservation
 from services import checkout, reservations
-from services.errors import BusinessError, InvalidInput
+from services.errors import BusinessError
 
 ResultT = TypeVar("ResultT")
-
-DEFAULT_TTL_SECONDS = 900
 
 
 async def in_own_transaction(
@@ -67,7 +66,13 @@ class CreateOrderInput:
     idempotency_key: str
     reservation_ids: list[strawberry.ID] | None = None
 
-    def to_request(self) -> checkout.OrderRequest:
+    def to_request(self, settings: Settings) -> checkout.OrderRequest:
+        # The lists are bounded before any ID is decoded, so a huge list costs nothing.
+        checkout.check_list_sizes(
+            items=len(self.items),
+            reservations=len(self.reservation_ids or ()),
+            settings=settings,
+        )
         return checkout.OrderRequest(
             lines=tuple(
                 checkout.OrderLine(
@@ -88,7 +93,8 @@ class ReserveProductInput:
     product_id: strawberry.ID
     quantity: int
     ttl_seconds: int | None = strawberry.field(
-        default=DEFAULT_TTL_SECONDS, description="How long the hold lasts (null: the default)."
+        default=None,
+        description="Seconds the hold lasts (null or absent: the service's default).",
     )
 
 
@@ -99,13 +105,6 @@ def _order(result: checkout.OrderResult) -> Order:
         OrderItem.from_row(item._mapping, order.currency) for item in result.items
     ]
     return order
-
-
-def _check_list_size(context: Context, input: CreateOrderInput) -> None:
-    # Bounded before any ID is decoded, so a huge list costs nothing.
-    limit = context.settings.max_order_items
-    if len(input.items) > limit or len(input.reservation_ids or ()) > limit:
-        raise InvalidInput(f"an order may list at most {limit} items and {limit} reservations")
 
 
 @strawberry.type(
@@ -120,8 +119,7 @@ class Mutation:
     async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload | None:
         context = info.context
         actor = context.require_viewer()
-        _check_list_size(context, input)
-        request = input.to_request()
+        request = input.to_request(context.settings)
         try:
             result = await in_own_transaction(
                 context,
@@ -159,9 +157,7 @@ class Mutation:
                     actor,
                     product_id=product_id,
                     quantity=input.quantity,
-                    ttl_seconds=(
-                        DEFAULT_TTL_SECONDS if input.ttl_seconds is None else input.ttl_seconds
-                    ),
+                    ttl_seconds=input.ttl_seconds,
                     settings=context.settings,
                 ),
             )

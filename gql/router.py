@@ -3,7 +3,7 @@ GraphQL-over-HTTP status codes and media type, persisted queries, and rate limit
 after authentication and before anything is parsed or executed."""
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +35,7 @@ from gql.errors import (
     NOT_FOUND,
     PERSISTED_QUERY_NOT_ALLOWED,
     PERSISTED_QUERY_NOT_FOUND,
+    QUERY_TOO_COMPLEX,
     RATE_LIMITED,
     SERVICE_UNAVAILABLE,
     error_body,
@@ -52,13 +53,31 @@ class Refused(Exception):
     """A request turned away before GraphQL execution, answered with a GraphQL-shaped body."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        request_error: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        # A GraphQL request error (like a parse or limit error): 400 for clients accepting
+        # application/graphql-response+json, 200 with plain application/json.
+        self.request_error = request_error
+
+
+@dataclass
+class RegisteringRequestData(GraphQLRequestData):
+    """A request that sent a persisted query's hash and text: the text is stored under the
+    hash only once the request has passed the rate limits and the document has parsed and
+    validated, so a refused or invalid request leaves nothing behind."""
+
+    register_as: str = ""
 
 
 @dataclass
@@ -127,9 +146,12 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
     def _refusal(self, request: Request, refused: Refused) -> Response:
         ERRORS.labels(refused.code).inc()
         wants_new = _prefers_graphql_response_json(request.headers.get("accept"))
+        status = refused.status
+        if refused.request_error:
+            status = 400 if wants_new else 200
         return Response(
             orjson.dumps(error_body(refused.code, refused.message)),
-            status_code=refused.status,
+            status_code=status,
             media_type=GRAPHQL_RESPONSE_JSON if wants_new else JSON,
             headers=refused.headers,
         )
@@ -160,7 +182,10 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         return await self._resolve_persisted(data)
 
     async def _resolve_persisted(self, data: GraphQLRequestData) -> GraphQLRequestData:
-        """Apollo APQ: the hash alone runs a known query; hash and query register it."""
+        """Apollo APQ: the hash alone runs a known query; hash and query register it (once
+        the request has run, see `_register_validated`)."""
+        if data.query is not None:
+            self._check_query_size(data.query)
         store = self.edge.persisted_queries
         persisted = (data.extensions or {}).get("persistedQuery")
         if persisted is None:
@@ -189,8 +214,37 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             if sha not in store.allow_list:
                 raise Refused(400, PERSISTED_QUERY_NOT_ALLOWED, "This query is not allowed here")
             return data
-        await store.put(sha, data.query)
-        return data
+        values = {f.name: getattr(data, f.name) for f in fields(GraphQLRequestData)}
+        return RegisteringRequestData(**values, register_as=sha)
+
+    def _check_query_size(self, query: str) -> None:
+        """Refuse a query text over MAX_QUERY_BYTES before anything parses or caches it: the
+        token limit bounds the parser's work, but not whitespace, and the caches (persisted
+        queries, parsed documents, validation, root fields) are keyed by the whole text."""
+        limit = self.edge.settings.max_query_bytes
+        # UTF-8 takes 1 to 4 bytes a character: encode only when the length leaves a doubt.
+        if len(query) > limit or (len(query) * 4 > limit and len(query.encode()) > limit):
+            raise Refused(
+                400,
+                QUERY_TOO_COMPLEX,
+                f"The query text exceeds {limit} bytes",
+                request_error=True,
+            )
+
+    async def _register_validated(
+        self,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        result: object,
+    ) -> None:
+        items = request_data if isinstance(request_data, list) else [request_data]
+        results = result if isinstance(result, list) else [result]
+        for data, outcome in zip(items, results, strict=False):
+            if (
+                isinstance(data, RegisteringRequestData)
+                and data.query is not None
+                and not isinstance(outcome, PreExecutionError)
+            ):
+                await self.edge.persisted_queries.put(data.register_as, data.query)
 
     async def execute_operation(  # noqa: PLR0917
         self,
@@ -202,9 +256,11 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         sub_response: Response,
     ) -> Any:
         await self._check_rate_limits(request, request_data, context)
-        return await super().execute_operation(
+        result = await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
         )
+        await self._register_validated(request_data, result)
+        return result
 
     async def _check_rate_limits(
         self,

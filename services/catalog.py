@@ -31,6 +31,10 @@ PRODUCT_COLUMNS = (
 )
 
 MAX_NAME_SEARCH_LENGTH = 100
+# Prices are NUMERIC(12,2), and bounds and cursor values are sent as that type: PostgreSQL
+# rounds to 2 places, so from 9999999999.995 on a value overflows the column's 10 integer
+# digits (and 1e999999999 is finite for Python). Refused here as input errors.
+PRICE_OUT_OF_RANGE = Decimal("9999999999.995")
 
 
 class ProductSort(enum.StrEnum):
@@ -71,7 +75,7 @@ def parse_sort_value(sort: ProductSort, text: str) -> SortValue:
     try:
         if sort in (ProductSort.PRICE_ASC, ProductSort.PRICE_DESC):
             price = Decimal(text)
-            if not price.is_finite():
+            if not _price_in_range(price):
                 raise InvalidOperation
             return price
         if sort is ProductSort.NEWEST:
@@ -128,10 +132,17 @@ def _products_by_ids_query(columns: tuple[str, ...] | None) -> CompiledQuery:
     return compile_query(select(*selected).where(equals_any_parameter(Product.id)))
 
 
+def _price_in_range(price: Decimal) -> bool:
+    # copy_abs: abs() would round to the context and overflow on 1e999999999.
+    return price.is_finite() and price.copy_abs() < PRICE_OUT_OF_RANGE
+
+
 def check_filter(product_filter: ProductFilter) -> None:
     for bound in (product_filter.min_price, product_filter.max_price):
         if bound is not None and (not bound.is_finite() or bound < 0):
             raise InvalidInput("price bounds must be non-negative numbers")
+        if bound is not None and not _price_in_range(bound):
+            raise InvalidInput("price bounds must be below 10000000000 (prices have 10 digits)")
     if (
         product_filter.min_price is not None
         and product_filter.max_price is not None
@@ -153,6 +164,9 @@ async def search_products(
     needle = product_filter.name_contains
     if needle and len(needle) > MAX_NAME_SEARCH_LENGTH:
         raise InvalidInput(f"name search is limited to {MAX_NAME_SEARCH_LENGTH} characters")
+    if needle and "\x00" in needle:
+        # PostgreSQL text cannot hold NUL: the statement would fail in the database.
+        raise InvalidInput("name search must not contain NUL characters")
     shape = _SearchShape(
         sort=sort,
         after=after is not None,

@@ -1,13 +1,12 @@
 """Placing and cancelling orders: stock taken and given back under row locks, exactly once,
 with an `order.created` / `order.cancelled` notification in the same transaction."""
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,12 +28,19 @@ from services.errors import (
     ReservationNotFound,
 )
 from services.orders import ORDER_COLUMNS, ORDER_ITEM_COLUMNS, readable_orders
-from services.reservations import check_not_lapsed, readable_reservations
+from services.reservations import check_not_lapsed, has_effective_status, own_reservations
 
 IDEMPOTENCY_CONSTRAINT = "uq_orders_user_id_idempotency_key"
 CANCELLABLE = (OrderStatus.PENDING, OrderStatus.CONFIRMED)
 # orders.total_amount is NUMERIC(12, 2).
 MAX_TOTAL = Decimal(10) ** 10
+
+# Same-key requests of one user queue here, for the rest of the transaction, before either
+# looks the key up: the second then finds the first's committed order and replays it, instead
+# of racing it to the stock and the holds (and losing with InsufficientStock or
+# ReservationNotHeld). One bigint key from user and idempotency key: hashtextextended gives
+# 64 bits, so unrelated keys rarely share a lock (and sharing one only costs a short wait).
+_LOCK_IDEMPOTENCY_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_name, 0))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,14 @@ class OrderResult:
     created: bool
 
 
+def check_list_sizes(*, items: int, reservations: int, settings: Settings) -> None:
+    """The bound on an order's lists. The edge calls it before decoding any ID, so a huge
+    list costs nothing; `check_request` calls it again for callers other than the edge."""
+    for name, count in (("items", items), ("reservationIds", reservations)):
+        if count > settings.max_order_items:
+            raise InvalidInput(f"{name} may list at most {settings.max_order_items} entries")
+
+
 def check_request(request: OrderRequest, settings: Settings) -> None:
     key = request.idempotency_key
     if not key.strip():
@@ -73,12 +87,9 @@ def check_request(request: OrderRequest, settings: Settings) -> None:
         )
     if not request.lines and not request.reservation_ids:
         raise InvalidInput("an order needs at least one item or reservation")
-    for name, count in (
-        ("items", len(request.lines)),
-        ("reservationIds", len(request.reservation_ids)),
-    ):
-        if count > settings.max_order_items:
-            raise InvalidInput(f"{name} may list at most {settings.max_order_items} entries")
+    check_list_sizes(
+        items=len(request.lines), reservations=len(request.reservation_ids), settings=settings
+    )
     for line in request.lines:
         if not 1 <= line.quantity <= settings.max_item_quantity:
             raise InvalidInput(f"quantity must be between 1 and {settings.max_item_quantity}")
@@ -92,18 +103,21 @@ async def create_order(
     session: AsyncSession, actor: Actor, request: OrderRequest, *, settings: Settings
 ) -> OrderResult:
     """Place an order, or return the one an identical earlier request placed. Run it in a
-    transaction retried on `RetryTransaction` (see `db.transactions.run_in_transaction`): a
-    concurrent request with the same key makes this one start over and find that order."""
+    transaction retried on `RetryTransaction` (see `db.transactions.run_in_transaction`).
+    Concurrent requests with the same key run one after another (an advisory lock on the key,
+    taken before the lookup), so each later one finds the first's order and takes nothing."""
     check_request(request, settings)
+    # Its own statement, before the lookup: under READ COMMITTED the lookup's snapshot is
+    # then taken after the wait, and sees an order the lock holder committed.
+    lock_name = f"order:{actor.user_id}:{request.idempotency_key}"
+    await session.execute(_LOCK_IDEMPOTENCY_KEY, {"lock_name": lock_name})
     existing = await _order_by_key(session, actor, request.idempotency_key)
     if existing is not None:
         return await _replay(session, existing, request)
 
     holds = await _live_holds(session, actor, request.reservation_ids)
-    from_stock = {line.product_id: line.quantity for line in request.lines}
-    quantities: Counter[int] = Counter(from_stock)
-    for hold in holds:
-        quantities[hold.product_id] += hold.quantity
+    from_stock = stock.units_by_product(request.lines)
+    quantities = from_stock + stock.units_by_product(holds)
 
     products = await stock.lock_products(session, quantities)
     missing = sorted(set(quantities) - set(products))
@@ -153,14 +167,8 @@ async def cancel_order(session: AsyncSession, actor: Actor, *, order_id: int) ->
         raise OrderNotFound(order_id)
     if order.status not in CANCELLABLE:
         raise OrderNotCancellable(order_id, order.status.value)
-    items = (
-        await session.execute(
-            select(*ORDER_ITEM_COLUMNS).where(OrderItem.order_id == order_id).order_by(OrderItem.id)
-        )
-    ).all()
-    quantities: Counter[int] = Counter()
-    for item in items:
-        quantities[item.product_id] += item.quantity
+    items = await _items_of(session, order_id)
+    quantities = stock.units_by_product(items)
     await stock.lock_products(session, quantities)
     cancelled = await session.execute(
         update(Order)
@@ -177,6 +185,13 @@ async def cancel_order(session: AsyncSession, actor: Actor, *, order_id: int) ->
     return OrderResult(order=updated, items=items, created=False)
 
 
+async def _items_of(session: AsyncSession, order_id: int) -> list[LightRow]:
+    statement = (
+        select(*ORDER_ITEM_COLUMNS).where(OrderItem.order_id == order_id).order_by(OrderItem.id)
+    )
+    return list((await session.execute(statement)).all())
+
+
 async def _order_by_key(session: AsyncSession, actor: Actor, key: str) -> LightRow | None:
     found = await session.execute(
         select(*ORDER_COLUMNS).where(Order.user_id == actor.user_id, Order.idempotency_key == key)
@@ -186,11 +201,7 @@ async def _order_by_key(session: AsyncSession, actor: Actor, key: str) -> LightR
 
 async def _replay(session: AsyncSession, order: LightRow, request: OrderRequest) -> OrderResult:
     """The earlier order for this key, if the request is the same one; else a typed error."""
-    items = (
-        await session.execute(
-            select(*ORDER_ITEM_COLUMNS).where(OrderItem.order_id == order.id).order_by(OrderItem.id)
-        )
-    ).all()
+    items = await _items_of(session, order.id)
     held = (
         await session.execute(
             select(Reservation.id, Reservation.product_id, Reservation.quantity).where(
@@ -198,13 +209,9 @@ async def _replay(session: AsyncSession, order: LightRow, request: OrderRequest)
             )
         )
     ).all()
-    from_stock: Counter[int] = Counter()
-    for item in items:
-        from_stock[item.product_id] += item.quantity
-    for hold in held:
-        from_stock[hold.product_id] -= hold.quantity
-    asked = Counter({line.product_id: line.quantity for line in request.lines})
-    same_lines = +from_stock == +asked
+    # Counter subtraction keeps only positive counts: the units taken from stock.
+    from_stock = stock.units_by_product(items) - stock.units_by_product(held)
+    same_lines = from_stock == stock.units_by_product(request.lines)
     same_holds = {hold.id for hold in held} == set(request.reservation_ids)
     if not (same_lines and same_holds):
         raise IdempotencyKeyReused(request.idempotency_key)
@@ -214,12 +221,11 @@ async def _replay(session: AsyncSession, order: LightRow, request: OrderRequest)
 async def _live_holds(
     session: AsyncSession, actor: Actor, reservation_ids: Sequence[int]
 ) -> list[LightRow]:
-    """The viewer's reservations among `reservation_ids`, each checked to be a live hold."""
+    """The actor's own reservations among `reservation_ids` (admins too may check out only
+    theirs), each checked to be a live hold."""
     if not reservation_ids:
         return []
-    owned = readable_reservations(actor).where(
-        equals_any(Reservation.id, reservation_ids), Reservation.user_id == actor.user_id
-    )
+    owned = own_reservations(actor).where(equals_any(Reservation.id, reservation_ids))
     found = {row.id: row for row in await session.execute(owned)}
     for reservation_id in reservation_ids:
         row = found.get(reservation_id)
@@ -280,8 +286,7 @@ async def _confirm_holds(
         .where(
             equals_any(Reservation.id, reservation_ids),
             Reservation.user_id == actor.user_id,
-            Reservation.status == ReservationStatus.HELD,
-            Reservation.expires_at > func.now(),
+            has_effective_status(ReservationStatus.HELD),
         )
         .values(status=ReservationStatus.CONFIRMED, order_id=order_id, updated_at=func.now())
         .returning(Reservation.id)
@@ -291,7 +296,7 @@ async def _confirm_holds(
     lost = [rid for rid in reservation_ids if rid not in done]
     if lost:
         again = await session.execute(
-            readable_reservations(actor).where(equals_any(Reservation.id, lost))
+            own_reservations(actor).where(equals_any(Reservation.id, lost))
         )
         for row in again:
             check_not_lapsed(row)

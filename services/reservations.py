@@ -3,9 +3,9 @@ the hold. Whoever moves a hold out of HELD (one conditional UPDATE) is the one w
 stock, so it comes back exactly once however many releases and sweepers race for it."""
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
@@ -37,26 +37,65 @@ RESERVATION_COLUMNS = (
 )
 
 
-def readable_reservations(actor: Actor) -> LightSelect:
-    """Every read of reservations starts here: a user sees their own, an admin sees all. The
-    `lapsed` column says whether a HELD row is past its deadline, by the database's clock."""
-    statement = select(
-        *RESERVATION_COLUMNS,
-        (Reservation.expires_at <= func.now()).label("lapsed"),
-    )
-    if not actor.is_admin:
+def _reservations(actor: Actor, *, admin_sees_all: bool) -> LightSelect:
+    statement = select(*RESERVATION_COLUMNS, _lapsed().label("lapsed"))
+    if not (admin_sees_all and actor.is_admin):
         statement = statement.where(Reservation.user_id == actor.user_id)
     return statement
 
 
+# Who may do what with a hold, in one place. A hold is its owner's to use or release: admins
+# may read any reservation (`node(id:)`), but a write — release, check out — acts only on the
+# caller's own holds, admins included; anyone else's hold is ReservationNotFound to them.
+
+
+def readable_reservations(actor: Actor) -> LightSelect:
+    """Every read of reservations by ID starts here: a user sees their own, an admin sees all.
+    The `lapsed` column says whether the row is past its deadline, by the database's clock."""
+    return _reservations(actor, admin_sees_all=True)
+
+
+def own_reservations(actor: Actor) -> LightSelect:
+    """Every write of reservations (and the viewer's own list) starts here: only the actor's
+    holds, whether or not the actor is an admin. Carries `lapsed` like the readable ones."""
+    return _reservations(actor, admin_sees_all=False)
+
+
+def _lapsed() -> ColumnElement[bool]:
+    return Reservation.expires_at <= func.now()
+
+
+def effective_status(row: LightRow, now: datetime) -> ReservationStatus:
+    """The status a client sees, the one rule for it: a lapsed hold is no hold, so a HELD row
+    past its deadline is EXPIRED whether or not the sweeper reached it. The database's verdict
+    (`lapsed`, by its clock) wins when the row carries it; else the deadline is compared with
+    `now`. `has_effective_status` is the same rule as a SQL condition."""
+    lapsed = getattr(row, "lapsed", None)
+    if lapsed is None:
+        lapsed = row.expires_at <= now
+    status: ReservationStatus = row.status
+    if status is ReservationStatus.HELD and lapsed:
+        return ReservationStatus.EXPIRED
+    return status
+
+
+def has_effective_status(status: ReservationStatus) -> ColumnElement[bool]:
+    """`effective_status(row) is status`, as a SQL condition (by the database's clock)."""
+    held = Reservation.status == ReservationStatus.HELD
+    if status is ReservationStatus.HELD:
+        return held & ~_lapsed()
+    if status is ReservationStatus.EXPIRED:
+        return (Reservation.status == ReservationStatus.EXPIRED) | (held & _lapsed())
+    return Reservation.status == status
+
+
 def check_not_lapsed(row: LightRow) -> None:
     """A hold can be released or checked out only while HELD and before its deadline."""
-    if row.status is ReservationStatus.EXPIRED or (
-        row.status is ReservationStatus.HELD and row.lapsed
-    ):
+    status = effective_status(row, datetime.now(UTC))
+    if status is ReservationStatus.EXPIRED:
         raise ReservationExpired(row.id)
-    if row.status is not ReservationStatus.HELD:
-        raise ReservationNotHeld(row.id, row.status.value)
+    if status is not ReservationStatus.HELD:
+        raise ReservationNotHeld(row.id, status.value)
 
 
 async def reserve_product(
@@ -65,10 +104,13 @@ async def reserve_product(
     *,
     product_id: int,
     quantity: int,
-    ttl_seconds: int,
+    ttl_seconds: int | None,
     settings: Settings,
 ) -> LightRow:
-    """Take `quantity` units of a product for `ttl_seconds`; returns the HELD reservation."""
+    """Take `quantity` units of a product for `ttl_seconds` (None: the configured default,
+    `hold_ttl_default_seconds`); returns the HELD reservation."""
+    if ttl_seconds is None:
+        ttl_seconds = settings.hold_ttl_default_seconds
     if not 1 <= quantity <= settings.max_item_quantity:
         raise InvalidInput(f"quantity must be between 1 and {settings.max_item_quantity}")
     if not settings.hold_ttl_min_seconds <= ttl_seconds <= settings.hold_ttl_max_seconds:
@@ -103,10 +145,8 @@ async def reserve_product(
 async def release_reservation(
     session: AsyncSession, actor: Actor, *, reservation_id: int
 ) -> LightRow:
-    """End a live hold early and give its stock back."""
-    found = await session.execute(
-        readable_reservations(actor).where(Reservation.id == reservation_id)
-    )
+    """End one of the actor's live holds early and give its stock back."""
+    found = await session.execute(own_reservations(actor).where(Reservation.id == reservation_id))
     row = found.first()
     if row is None:
         raise ReservationNotFound(reservation_id)
@@ -114,11 +154,7 @@ async def release_reservation(
     await stock.lock_products(session, [row.product_id])
     released = await session.execute(
         update(Reservation)
-        .where(
-            Reservation.id == reservation_id,
-            Reservation.status == ReservationStatus.HELD,
-            Reservation.expires_at > func.now(),
-        )
+        .where(Reservation.id == reservation_id, has_effective_status(ReservationStatus.HELD))
         .values(status=ReservationStatus.RELEASED, updated_at=func.now())
         .returning(*RESERVATION_COLUMNS)
         .execution_options(synchronize_session=False)
@@ -127,7 +163,7 @@ async def release_reservation(
     if updated is None:
         # Someone else ended the hold between our read and our lock: say what they did.
         again = await session.execute(
-            readable_reservations(actor).where(Reservation.id == reservation_id)
+            own_reservations(actor).where(Reservation.id == reservation_id)
         )
         check_not_lapsed(again.one())
         raise ReservationNotHeld(reservation_id, ReservationStatus.HELD.value)  # pragma: no cover
@@ -162,23 +198,11 @@ async def list_reservations(
     after_id: int | None,
     limit: int,
 ) -> Page[LightRow]:
-    """The actor's own reservations, newest first. A lapsed hold counts as EXPIRED, not HELD,
-    whether or not the sweeper has reached it yet."""
-    statement = readable_reservations(actor).where(Reservation.user_id == actor.user_id)
-    if status is ReservationStatus.HELD:
-        statement = statement.where(
-            Reservation.status == ReservationStatus.HELD, Reservation.expires_at > func.now()
-        )
-    elif status is ReservationStatus.EXPIRED:
-        statement = statement.where(
-            (Reservation.status == ReservationStatus.EXPIRED)
-            | (
-                (Reservation.status == ReservationStatus.HELD)
-                & (Reservation.expires_at <= func.now())
-            )
-        )
-    elif status is not None:
-        statement = statement.where(Reservation.status == status)
+    """The actor's own reservations (admins too list only theirs), newest first, filtered by
+    the status a client sees: a lapsed hold counts as EXPIRED, not HELD, swept or not."""
+    statement = own_reservations(actor)
+    if status is not None:
+        statement = statement.where(has_effective_status(status))
     if after_id is not None:
         statement = statement.where(Reservation.id < after_id)
     statement = statement.order_by(Reservation.id.desc()).limit(limit + 1)

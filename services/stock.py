@@ -2,11 +2,13 @@
 
 Lock order, the same for every use case, so that no two transactions wait on each other in
 a cycle: products first (ascending id, one `SELECT … FOR UPDATE`), then the reservation or
-order rows the use case changes.
+order rows the use case changes. (Before any of them, `createOrder` waits on the advisory
+lock of its idempotency key, holding nothing else yet, so that wait closes no cycle either.)
 """
 
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -67,11 +69,22 @@ async def expire_lapsed_holds(session: AsyncSession, which: ColumnElement[bool])
     return expired
 
 
-def units_by_product(holds: Iterable[LightRow]) -> dict[int, int]:
-    units: dict[int, int] = defaultdict(int)
-    for hold in holds:
-        units[hold.product_id] += hold.quantity
-    return dict(units)
+class Units(Protocol):
+    """Anything that counts units of a product: a hold, an order item, a requested line."""
+
+    @property
+    def product_id(self) -> int: ...
+
+    @property
+    def quantity(self) -> int: ...
+
+
+def units_by_product(lines: Iterable[Units | LightRow]) -> Counter[int]:
+    """Units per product of rows with `product_id` and `quantity` (holds, order items)."""
+    units: Counter[int] = Counter()
+    for line in lines:
+        units[line.product_id] += line.quantity
+    return units
 
 
 async def reclaim_expired_holds(
@@ -80,4 +93,4 @@ async def reclaim_expired_holds(
     """Expire the lapsed holds on products whose locks the caller holds (an order or a hold
     that finds too little stock reclaims them instead of waiting for the sweeper)."""
     which = equals_any(Reservation.product_id, sorted(set(product_ids)))
-    return units_by_product(await expire_lapsed_holds(session, which))
+    return dict(units_by_product(await expire_lapsed_holds(session, which)))

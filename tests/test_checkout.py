@@ -142,22 +142,24 @@ async def test_orders_locking_products_in_opposite_orders_never_deadlock(
     assert await stock_of(session_factory, p2) == 1000 - 200
 
 
-async def test_same_idempotency_key_sent_concurrently_creates_one_order(
+async def test_same_idempotency_key_sent_concurrently_returns_the_one_order(
     factory: Factory,
     gql: GraphQL,
     session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
     _, token = await factory.user()
-    product = await factory.product(stock=10)
+    # Exactly the stock one order takes: a retry that checked the stock again before finding
+    # the first order would be told InsufficientStock.
+    product = await factory.product(stock=3)
     variables = order_input("checkout-42", (product, 3))
 
     bodies = await asyncio.gather(*(gql(CREATE_ORDER, variables, token=token) for _ in range(8)))
 
     outcomes = [body["data"]["createOrder"] for body in bodies]
-    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}
+    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}, outcomes
     assert len({o["order"]["id"] for o in outcomes}) == 1
     assert sum(o["created"] for o in outcomes) == 1
-    assert await stock_of(session_factory, product) == 7
+    assert await stock_of(session_factory, product) == 0
     async with session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(Order)) == 1
 
@@ -392,6 +394,12 @@ def _items(n: int, quantity: int = 1) -> list[dict[str, Any]]:
         ({"idempotencyKey": "   ", "items": _items(1)}, "idempotencyKey"),
         ({"idempotencyKey": "k" * 129, "items": _items(1)}, "idempotencyKey"),
         ({"idempotencyKey": "k", "reservationIds": ["x"]}, "ID"),
+        # Sizes are checked before any ID is decoded, by the service's one check.
+        (
+            {"idempotencyKey": "k", "items": [{"productId": "?", "quantity": 1}] * 51},
+            "items may list at most 50 entries",
+        ),
+        ({"idempotencyKey": "k", "reservationIds": ["?"] * 51}, "reservationIds may list at most"),
         (
             {"idempotencyKey": "k", "items": [{"productId": "UHJvZHVjdDox", "quantity": 2**31}]},
             "Int",
@@ -425,9 +433,9 @@ async def test_create_order_runs_the_same_statements_for_1_and_5_items(
 
     assert one["data"]["createOrder"]["__typename"] == "CreateOrderSuccess"
     assert len(five["data"]["createOrder"]["order"]["items"]) == 5
-    # viewer, idempotency lookup, product locks, order insert, stock update, items insert,
-    # outbox insert; then the response's products through one loader batch.
-    assert len(for_one) == len(for_five) == 8, for_five
+    # viewer, idempotency-key lock, idempotency lookup, product locks, order insert, stock
+    # update, items insert, outbox insert; then the response's products in one loader batch.
+    assert len(for_one) == len(for_five) == 9, for_five
 
 
 async def test_cancel_order_runs_the_same_statements_for_1_and_5_items(

@@ -186,7 +186,8 @@ async def test_a_database_that_is_down_is_a_503_and_not_ready() -> None:
     async with app_client(closed, db_pool_timeout=1) as (_, client):
         response = await post(client, {"query": "{ me { id } }"}, Authorization="Bearer bk_x")
         anonymous = await post(client, {"query": PRODUCTS})
-        ready = await client.get("/readyz")
+        async with captured_logs() as logs:
+            ready = await client.get("/readyz")
         alive = await client.get("/healthz")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -197,7 +198,13 @@ async def test_a_database_that_is_down_is_a_503_and_not_ready() -> None:
     assert anonymous.status_code == 200
     assert error_codes(anonymous.json()) == ["SERVICE_UNAVAILABLE"]
     assert ready.status_code == 503
-    assert ready.json()["checks"]["database"].startswith("unavailable")
+    # The kind of failure only: the error's text (addresses, user names) is for the log.
+    reason = ready.json()["checks"]["database"]
+    assert reason.startswith("unavailable (") and reason.endswith("Error)"), reason
+    assert "127.0.0.1" not in ready.text and "nobody" not in ready.text
+    [warning] = [line for line in logs.lines if line["message"].startswith("not ready")]
+    assert warning["level"] == "WARNING"
+    assert "127.0.0.1" in warning["message"] or "nobody" in warning["message"], warning
     assert alive.status_code == 200
 
 
@@ -381,6 +388,74 @@ async def test_automatic_persisted_queries_round_trip(
     assert error_codes((await post(client, {"extensions": bad_version})).json()) == ["BAD_REQUEST"]
 
 
+async def test_a_query_text_over_max_query_bytes_is_refused_before_parsing_or_sql(
+    database_url: str, factory: Factory
+) -> None:
+    await factory.product()
+    # Few tokens, many bytes: whitespace and a comment are not limited by MAX_QUERY_TOKENS.
+    padded = PRODUCTS + " " * 300
+    multibyte = "{ __typename } # " + "é" * 120  # 137 characters, 257 bytes
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": sha256(padded)}}
+    accept_new = {"Accept": "application/graphql-response+json"}
+    async with app_client(database_url, max_query_bytes=200) as (app, client):
+        counter = StatementCounter()
+        event.listen(
+            app.state.engine.sync_engine, "before_cursor_execute", counter.on_cursor_execute
+        )
+        event.listen(app.state.engine.sync_engine.pool, "checkout", counter.on_checkout)
+        refused = [
+            await post(client, {"query": padded}),
+            await post(client, {"query": multibyte}),
+            await post(client, {"query": padded, "extensions": extensions}),
+        ]
+        refused_new = await post(client, {"query": padded}, **accept_new)
+        assert counter.count == 0, counter.statements
+        not_stored = await post(client, {"extensions": extensions})
+        small = await post(client, {"query": PRODUCTS})
+    for response in refused:
+        assert response.status_code == 200
+        assert error_codes(response.json()) == ["QUERY_TOO_COMPLEX"]
+        assert "data" not in response.json()
+        assert response.json()["errors"][0]["message"] == "The query text exceeds 200 bytes"
+    assert refused_new.status_code == 400
+    assert error_codes(refused_new.json()) == ["QUERY_TOO_COMPLEX"]
+    assert error_codes(not_stored.json()) == ["PERSISTED_QUERY_NOT_FOUND"]
+    assert "errors" not in small.json()
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("{ nope }", "GRAPHQL_VALIDATION_FAILED"),
+        ("{ products(", "GRAPHQL_PARSE_FAILED"),
+        (alias_bomb(31), "QUERY_TOO_COMPLEX"),
+    ],
+)
+async def test_a_persisted_query_that_fails_validation_is_not_registered(
+    client: httpx.AsyncClient, query: str, code: str
+) -> None:
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": sha256(query)}}
+    registration = await post(client, {"query": query, "extensions": extensions})
+    by_hash = await post(client, {"extensions": extensions})
+    assert error_codes(registration.json()) == [code]
+    assert error_codes(by_hash.json()) == ["PERSISTED_QUERY_NOT_FOUND"]
+
+
+async def test_a_persisted_query_refused_by_a_rate_limit_is_not_registered(
+    database_url: str, factory: Factory
+) -> None:
+    await factory.product()
+    query = "{ products(first: 1) { edges { cursor } } }"
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": sha256(query)}}
+    async with app_client(database_url, rate_limit_fields={"products": "1/minute"}) as (_, client):
+        passed = await post(client, {"query": PRODUCTS})
+        refused = await post(client, {"query": query, "extensions": extensions})
+        by_hash = await post(client, {"extensions": extensions})
+    assert "errors" not in passed.json()
+    assert refused.status_code == 429
+    assert error_codes(by_hash.json()) == ["PERSISTED_QUERY_NOT_FOUND"]
+
+
 async def test_allow_list_mode_runs_only_the_manifest_queries(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -486,6 +561,27 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient, factory: 
     )
     assert 'graphql_errors_total{code="GRAPHQL_VALIDATION_FAILED"}' in text_
     assert "db_pool_checked_out_connections " in text_
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["missing-folder", "not-exported"])
+async def test_metrics_answer_with_this_process_values_when_the_multiprocess_folder_is_unusable(
+    database_url: str, tmp_path: Path, exists: bool
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR from a .env file (so not in os.environ when prometheus-client
+    was imported) or naming a folder that is not there: not a 500, and one warning."""
+    folder = tmp_path / "metrics"
+    if exists:
+        folder.mkdir()
+    async with (
+        app_client(database_url, prometheus_multiproc_dir=folder) as (_, client),
+        captured_logs() as logs,
+    ):
+        await post(client, {"query": "{ nope }"})
+        scrapes = [await client.get("/metrics") for _ in range(2)]
+    assert [scrape.status_code for scrape in scrapes] == [200, 200]
+    assert 'graphql_errors_total{code="GRAPHQL_VALIDATION_FAILED"}' in scrapes[1].text
+    warnings = [line for line in logs.lines if "PROMETHEUS_MULTIPROC_DIR" in line["message"]]
+    assert [line["level"] for line in warnings] == ["WARNING"]
 
 
 async def test_aliased_lists_at_the_root_share_the_session_without_racing(

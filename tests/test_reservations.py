@@ -2,15 +2,19 @@
 turned into an order at checkout."""
 
 import asyncio
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from pydantic import ValidationError
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from db.models import Reservation
+from db.models import Order, Reservation, ReservationStatus
 from gql.ids import row_id_of, to_global_id
+from services.reservations import effective_status
 from services.worker import sweep_once
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
@@ -346,3 +350,110 @@ async def test_holding_an_unknown_product_is_product_not_found(
         token=token,
     )
     assert body["data"]["reserveProduct"]["__typename"] == "ProductNotFound"
+
+
+async def test_an_admin_reads_another_users_hold_but_cannot_release_or_check_it_out(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, owner = await factory.user()
+    _, admin = await factory.user(is_admin=True)
+    product = await factory.product(stock=2)
+    held = (await reserve(gql, owner, product, 1))["reservation"]
+
+    seen = await gql(RESERVATION_NODE, {"id": held["id"]}, token=admin)
+    released = await gql(RELEASE, {"id": held["id"]}, token=admin)
+    checked_out = await gql(
+        CREATE_ORDER,
+        {"input": {"idempotencyKey": "k", "reservationIds": [held["id"]]}},
+        token=admin,
+    )
+
+    assert seen["data"]["node"] == {"id": held["id"], "status": "HELD", "quantity": 1}
+    # Holds are their owner's to use or release: an admin's write is as if it did not exist.
+    assert released["data"]["releaseReservation"]["__typename"] == "ReservationNotFound"
+    assert checked_out["data"]["createOrder"]["__typename"] == "ReservationNotFound"
+    assert await stock_of(session_factory, product) == 1
+    mine = await gql(RELEASE, {"id": held["id"]}, token=owner)
+    assert mine["data"]["releaseReservation"]["__typename"] == "ReleaseReservationSuccess"
+
+
+async def test_checking_out_holds_with_one_key_concurrently_returns_the_one_order(
+    factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=3)
+    held = (await reserve(gql, token, product, 3))["reservation"]
+    variables = {"input": {"idempotencyKey": "holds-only", "reservationIds": [held["id"]]}}
+
+    bodies = await asyncio.gather(*(gql(CREATE_ORDER, variables, token=token) for _ in range(8)))
+
+    outcomes = [body["data"]["createOrder"] for body in bodies]
+    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}, outcomes
+    assert len({o["order"]["id"] for o in outcomes}) == 1
+    assert sum(o["created"] for o in outcomes) == 1
+    assert await stock_of(session_factory, product) == 0
+    async with session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(Order)) == 1
+
+
+def _lifetime(payload: dict[str, Any]) -> timedelta:
+    reservation = payload["reservation"]
+    return datetime.fromisoformat(reservation["expiresAt"]) - datetime.fromisoformat(
+        reservation["createdAt"]
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(
+            environment="test",
+            redis_url=None,
+            rate_limit_enabled=False,
+            hold_ttl_max_seconds=600,
+            hold_ttl_default_seconds=300,
+        )
+    ],
+)
+async def test_a_hold_without_ttl_lasts_the_configured_default(
+    factory: Factory, gql: GraphQL, settings: Settings
+) -> None:
+    _, token = await factory.user()
+    product = await factory.product(stock=5)
+    omitted = await reserve(gql, token, product, 1)
+    null = await reserve(gql, token, product, 1, ttlSeconds=None)
+    explicit = await reserve(gql, token, product, 1, ttlSeconds=600)
+    assert _lifetime(omitted) == _lifetime(null) == timedelta(seconds=300)
+    assert _lifetime(explicit) == timedelta(seconds=600)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"hold_ttl_default_seconds": 30},
+        {"hold_ttl_max_seconds": 600},  # the default 900 beyond the maximum
+        {"hold_ttl_min_seconds": 700, "hold_ttl_max_seconds": 600, "hold_ttl_default_seconds": 650},
+        {"default_page_size": 101},
+    ],
+)
+def test_inconsistent_limits_are_refused_at_startup(values: dict[str, int]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+def test_a_lapsed_hold_is_expired_whether_or_not_it_was_swept() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(status: ReservationStatus, seconds_left: int, **extra: Any) -> Any:
+        return SimpleNamespace(
+            status=status, expires_at=now + timedelta(seconds=seconds_left), **extra
+        )
+
+    held, expired = ReservationStatus.HELD, ReservationStatus.EXPIRED
+    confirmed = ReservationStatus.CONFIRMED
+    assert effective_status(row(held, 10), now) is held
+    assert effective_status(row(held, 0), now) is expired
+    assert effective_status(row(confirmed, -10), now) is confirmed
+    # The database's verdict, when the row carries it, wins over the caller's clock.
+    assert effective_status(row(held, 10, lapsed=True), now) is expired
+    assert effective_status(row(held, -10, lapsed=False), now) is held

@@ -11,6 +11,7 @@ from gql.ids import to_global_id
 from gql.loaders import ProductByIdLoader
 from gql.types.common import Node
 from gql.types.products import Product
+from services.reservations import effective_status
 
 ReservationStatus = strawberry.enum(ReservationStatusModel, name="ReservationStatus")
 
@@ -37,18 +38,10 @@ class Reservation(Node):
 
     @classmethod
     def from_row(cls, row: Any) -> "Reservation":
-        status = row.status
-        # A lapsed hold is no hold: never show it as HELD, whether or not it was swept yet.
-        # The database's verdict (`lapsed`, by its clock) wins when the row carries it.
-        lapsed = getattr(row, "lapsed", None)
-        if lapsed is None:
-            lapsed = row.expires_at <= datetime.now(UTC)
-        if status is ReservationStatusModel.HELD and lapsed:
-            status = ReservationStatusModel.EXPIRED
         return cls(
             id=strawberry.ID(to_global_id("Reservation", row.id)),
             quantity=row.quantity,
-            status=status,
+            status=effective_status(row, datetime.now(UTC)),
             expires_at=row.expires_at,
             created_at=row.created_at,
             row_id=row.id,
