@@ -15,7 +15,7 @@ from sqlalchemy.util import await_
 from core.settings import Settings
 
 
-def create_engine(url: str, settings: Settings) -> AsyncEngine:
+def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
     """An asyncpg engine whose pool is sized and recycled as the settings say, and whose
     connections are pinged on checkout (DB_POOL_PRE_PING)."""
     engine = create_async_engine(

@@ -11,7 +11,7 @@ from core.logging import configure_logging
 from core.redis import RedisCircuit, create_redis
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
-from db.engine import create_engine, create_session_factory
+from db.engine import create_db_engine, create_session_factory
 from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
 from gql.graphiql import assets_router
@@ -52,7 +52,7 @@ def create_app(
         if redis is None and settings.rate_limit_enabled and settings.is_production:
             logger.warning("no REDIS_URL: rate limits and persisted queries are per process")
         url = database_url or resolve_database_url(settings.database_url, settings.data_dir)
-        engine = create_engine(url, settings)
+        engine = create_db_engine(url, settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         try:

@@ -9,14 +9,14 @@ from sqlalchemy import text
 from core.logging import configure_logging
 from core.settings import get_settings
 from db.embedded import resolve_database_url
-from db.engine import create_engine
+from db.engine import create_db_engine
 from db.migrate import upgrade_to_head
 from db.seed import demo_users, seed_database
 from gql.app import create_app
 
 
 async def _is_empty(url: str) -> bool:
-    engine = create_engine(url, get_settings())
+    engine = create_db_engine(url, get_settings())
     try:
         async with engine.connect() as connection:
             return not (await connection.scalar(text("SELECT EXISTS (SELECT 1 FROM users)")))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
-from db.engine import create_engine, create_session_factory
+from db.engine import create_db_engine, create_session_factory
 from db.transactions import run_in_transaction
 from services import outbox, reservations
 
@@ -104,7 +104,7 @@ async def run_worker(
 ) -> None:
     """Deliver the outbox and sweep expired holds until `stop` is set."""
     url = resolve_database_url(settings.database_url, settings.data_dir)
-    engine = create_engine(url, settings)
+    engine = create_db_engine(url, settings)
     session_factory = create_session_factory(engine)
     try:
         async with contextlib.AsyncExitStack() as stack:

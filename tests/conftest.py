@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from db.engine import create_engine, create_session_factory
+from db.engine import create_db_engine, create_session_factory
 from gql.app import create_app
 from tests.databases import DatabaseFactory, server_url
 from tests.factories import Factory
@@ -50,7 +50,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def engine(database_url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, settings)
+    engine = create_db_engine(database_url, settings)
     yield engine
     await engine.dispose()
 
@@ -154,3 +154,23 @@ def gql(client: httpx.AsyncClient) -> GraphQL:
 
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [error.get("extensions", {}).get("code") for error in body.get("errors") or []]
+
+
+def graphql_post_scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI scope of a POST /graphql, for tests that drive the app at the ASGI level to see
+    what happens around `send` (which an HTTP client hides)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }

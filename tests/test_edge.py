@@ -21,7 +21,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 
 from gql.ids import to_global_id
 from gql.ratelimit import client_ip
-from tests.conftest import StatementCounter, error_codes
+from tests.conftest import StatementCounter, error_codes, graphql_post_scope
 from tests.edge_support import app_client, captured_logs, free_port
 from tests.factories import Factory
 
@@ -137,23 +137,8 @@ async def test_a_client_that_hangs_up_is_not_an_error(app: FastAPI) -> None:
     async def send(message: dict[str, object]) -> None:
         raise ClientDisconnected  # as uvicorn's send does once the socket is gone
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/graphql",
-        "raw_path": b"/graphql",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
     async with captured_logs() as logs:
-        await app(scope, receive, send)
+        await app(graphql_post_scope(), receive, send)
     assert [line for line in logs.lines if line["level"] == "ERROR"] == []
     assert any("client disconnected" in line["message"] for line in logs.lines)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from db.engine import create_engine, create_session_factory
+from db.engine import create_db_engine, create_session_factory
 from db.models import Order, Product, User
 from gql.app import create_app
 from gql.ids import to_global_id
@@ -56,7 +56,7 @@ async def supergraph(
     of its own that the tests only read."""
     database_url = await databases.create()
     settings = Settings(environment="test", redis_url=None, db_pool_size=5)
-    engine = create_engine(database_url, settings)
+    engine = create_db_engine(database_url, settings)
     try:
         async for supergraph in _supergraph(
             gateway_packages,

@@ -14,7 +14,7 @@ from db.models import OrderStatus, ProductKind
 from gql.app import create_app
 from gql.ids import to_global_id
 from services.catalog import products_by_ids
-from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.conftest import GraphQL, StatementCounter, error_codes, graphql_post_scope
 from tests.databases import libpq_dsn
 from tests.factories import Factory
 
@@ -391,25 +391,7 @@ async def test_the_connection_is_back_in_the_pool_before_the_response_is_sent(
             assert message["status"] == 200
             checked_out_at_response.append(app.state.engine.pool.checkedout())
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/graphql",
-        "raw_path": b"/graphql",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
-    }
+    scope = graphql_post_scope((b"authorization", f"Bearer {token}".encode()))
     await app(scope, receive, send)
     assert checked_out_at_response == [0]
 
