@@ -77,6 +77,22 @@ async def stock_of(session_factory: async_sessionmaker[AsyncSession], product: P
         return value
 
 
+async def assert_one_order_for_all(
+    bodies: list[dict[str, Any]],
+    session_factory: async_sessionmaker[AsyncSession],
+    product: Product,
+) -> None:
+    """Concurrent requests with one idempotency key: every one got the same single order,
+    which took the product's whole stock once."""
+    outcomes = [body["data"]["createOrder"] for body in bodies]
+    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}, outcomes
+    assert len({o["order"]["id"] for o in outcomes}) == 1
+    assert sum(o["created"] for o in outcomes) == 1
+    assert await stock_of(session_factory, product) == 0
+    async with session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(Order)) == 1
+
+
 async def units_sold(session_factory: async_sessionmaker[AsyncSession], product: Product) -> int:
     async with session_factory() as session:
         statement = (
@@ -155,13 +171,7 @@ async def test_same_idempotency_key_sent_concurrently_returns_the_one_order(
 
     bodies = await asyncio.gather(*(gql(CREATE_ORDER, variables, token=token) for _ in range(8)))
 
-    outcomes = [body["data"]["createOrder"] for body in bodies]
-    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}, outcomes
-    assert len({o["order"]["id"] for o in outcomes}) == 1
-    assert sum(o["created"] for o in outcomes) == 1
-    assert await stock_of(session_factory, product) == 0
-    async with session_factory() as session:
-        assert await session.scalar(select(func.count()).select_from(Order)) == 1
+    await assert_one_order_for_all(bodies, session_factory, product)
 
 
 async def test_same_idempotency_key_with_another_payload_is_refused(

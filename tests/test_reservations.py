@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import func, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from db.models import Order, Reservation, ReservationStatus
+from db.models import Reservation, ReservationStatus
 from gql.ids import row_id_of, to_global_id
 from services.reservations import effective_status
 from services.worker import sweep_once
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
-from tests.test_checkout import CREATE_ORDER, pid, stock_of
+from tests.test_checkout import CREATE_ORDER, assert_one_order_for_all, pid, stock_of
 
 RESERVE = """
 mutation Reserve($input: ReserveProductInput!) {
@@ -387,13 +387,7 @@ async def test_checking_out_holds_with_one_key_concurrently_returns_the_one_orde
 
     bodies = await asyncio.gather(*(gql(CREATE_ORDER, variables, token=token) for _ in range(8)))
 
-    outcomes = [body["data"]["createOrder"] for body in bodies]
-    assert {o["__typename"] for o in outcomes} == {"CreateOrderSuccess"}, outcomes
-    assert len({o["order"]["id"] for o in outcomes}) == 1
-    assert sum(o["created"] for o in outcomes) == 1
-    assert await stock_of(session_factory, product) == 0
-    async with session_factory() as session:
-        assert await session.scalar(select(func.count()).select_from(Order)) == 1
+    await assert_one_order_for_all(bodies, session_factory, product)
 
 
 def _lifetime(payload: dict[str, Any]) -> timedelta:
