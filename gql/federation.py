@@ -1,14 +1,11 @@
 """Apollo Federation v2: the subgraph schema base whose `_entities` checks each representation
 before handing it to the entity's `resolve_reference` (which goes through the loaders)."""
 
-from typing import Any
-
 from strawberry.federation import Schema as FederationSchema
 from strawberry.federation.schema import FederationAny
 from strawberry.types import Info
 
 from gql.errors import BadUserInput
-from gql.selection import FieldTree, field_tree
 
 # The key every entity of this subgraph is fetched by: its Relay global ID.
 ENTITY_KEY = "id"
@@ -44,14 +41,3 @@ class SubgraphSchema(FederationSchema):
         if not isinstance(representation[ENTITY_KEY], str):
             return f"the `id` of a {type_name} representation must be a string"
         return None
-
-
-def entity_selection(info: Info[Any, Any], type_name: str) -> FieldTree:
-    """What the gateway selected on `type_name` in an `_entities` call: the fields of the
-    fragments on that type (the other fragments are for other entity types)."""
-    return field_tree(
-        fragment
-        for field in info.selected_fields
-        for fragment in field.selections
-        if getattr(fragment, "type_condition", None) in (type_name, None)
-    )

@@ -5,34 +5,55 @@ Read from the operation's syntax tree and cached per field node: parsed document
 so the same query reuses its tree instead of walking (or converting) the selection each time.
 A tree is a superset when directives skip fields: it only decides what to prefetch."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, SelectionSetNode
-from strawberry.types.nodes import SelectedField
 
 from gql.context import Info
 
 FieldTree = dict[str, "FieldTree"]
 
 MAX_CACHED_TREES = 4000
-_trees: dict[int, tuple[FieldNode, FieldTree]] = {}
+_trees: dict[tuple[int, str | None], tuple[FieldNode, FieldTree]] = {}
 
 
-def selection_tree(info: Info) -> FieldTree:
-    """The fields selected below the field being resolved."""
+def selection_tree(info: Info, *, on_type: str | None = None) -> FieldTree:
+    """The fields selected below the field being resolved. With `on_type`, only the fields
+    and the fragments on that type at the first level count (`_entities` asks for several
+    entity types in one list, each through its own fragment)."""
     raw: Any = info._raw_info
     node: FieldNode = raw.field_nodes[0]
-    cached = _trees.get(id(node))
+    key = (id(node), on_type)
+    cached = _trees.get(key)
     if cached is not None and cached[0] is node:
         return cached[1]
     tree: FieldTree = {}
     for field_node in raw.field_nodes:
-        _merge_into(tree, field_node.selection_set, raw.fragments)
+        selection_set = field_node.selection_set
+        if on_type is not None and selection_set is not None:
+            selection_set = _only_on(selection_set, on_type, raw.fragments)
+        _merge_into(tree, selection_set, raw.fragments)
     if len(_trees) >= MAX_CACHED_TREES:
         _trees.clear()
-    _trees[id(node)] = (node, tree)
+    _trees[key] = (node, tree)
     return tree
+
+
+def _only_on(
+    selection_set: SelectionSetNode, type_name: str, fragments: dict[str, FragmentDefinitionNode]
+) -> SelectionSetNode:
+    def applies(selection: Any) -> bool:
+        if isinstance(selection, FieldNode):
+            return True
+        if isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            condition = fragment.type_condition if fragment is not None else None
+        else:
+            condition = selection.type_condition
+        return condition is None or condition.name.value == type_name
+
+    return SelectionSetNode(selections=tuple(s for s in selection_set.selections if applies(s)))
 
 
 def _merge_into(
@@ -53,17 +74,6 @@ def _merge_into(
                 _merge_into(tree, fragment.selection_set, fragments)
         else:  # an inline fragment: its fields belong to this level
             _merge_into(tree, selection.selection_set, fragments)
-
-
-def field_tree(selections: Iterable[Any]) -> FieldTree:
-    """The same tree from Strawberry's converted `selected_fields` (off the hot paths)."""
-    tree: FieldTree = {}
-    for selection in selections:
-        if isinstance(selection, SelectedField):
-            tree.setdefault(selection.name, {}).update(field_tree(selection.selections))
-        else:
-            tree.update(field_tree(selection.selections))
-    return tree
 
 
 def subtree(tree: FieldTree, *path: str) -> FieldTree:

@@ -10,7 +10,6 @@ import strawberry
 
 from db.models import OrderStatus as OrderStatusModel
 from gql.context import Info
-from gql.federation import entity_selection
 from gql.ids import row_id_of, to_global_id
 from gql.loaders import (
     ItemsByOrderIdLoader,
@@ -18,6 +17,7 @@ from gql.loaders import (
     ProductByIdLoader,
     UserByIdLoader,
 )
+from gql.selection import selection_tree
 from gql.types.common import Money, Node
 from gql.types.products import Product
 from gql.types.users import User
@@ -132,6 +132,6 @@ class Order(Node):
         if row is None:
             return None
         order = cls.from_row(row)
-        wanted = entity_selection(info, "Order")
+        wanted = selection_tree(info, on_type="Order")
         await prefetch_orders(info.context, [order], wanted, alone=False)
         return order
