@@ -40,3 +40,11 @@ def decode_cursor(cursor: str, ordering: str, key_types: tuple[type, ...]) -> tu
         if isinstance(part, int) and not 1 <= part <= MAX_KEY_ID:
             raise InvalidInput("malformed cursor")
     return key
+
+
+def decode_id_cursor(cursor: str | None, ordering: str) -> int | None:
+    """The row id of a cursor of a list ordered by id alone (None for no cursor)."""
+    if cursor is None:
+        return None
+    (row_id,) = decode_cursor(cursor, ordering, (int,))
+    return int(str(row_id))

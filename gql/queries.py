@@ -6,7 +6,7 @@ import strawberry
 
 from db.models import ProductKind as ProductKindModel
 from gql.context import Context, Info
-from gql.cursors import decode_cursor, encode_cursor
+from gql.cursors import decode_cursor, decode_id_cursor, encode_cursor
 from gql.errors import Unauthenticated
 from gql.ids import from_global_id, row_id_of
 from gql.loaders import (
@@ -19,7 +19,7 @@ from gql.prefetch import prefetch_orders
 from gql.selection import FieldTree, columns_for, selection_tree, subtree
 from gql.types.common import Connection, Node, connection_of
 from gql.types.orders import ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS, Order, OrderStatus
-from gql.types.products import Product, ProductKind
+from gql.types.products import PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS, Product, ProductKind
 from gql.types.reservations import Reservation, ReservationStatus
 from gql.types.users import User
 from services import catalog, orders, reservations
@@ -121,12 +121,14 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
+        wanted = subtree(selection_tree(info), "edges", "node")
         page = await info.context.query(
             catalog.search_products,
             product_filter=(filter or ProductFilter()).to_service(),
             sort=sort,
             after=position,
             limit=limit,
+            columns=columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS),
         )
         return connection_of(
             [
@@ -156,16 +158,13 @@ class Query:
         context = info.context
         actor = context.require_viewer()
         limit = _page_size(context, first)
-        after_id = None
-        if after is not None:
-            (after_id,) = decode_cursor(after, "orders", (int,))
         wanted = subtree(selection_tree(info), "edges", "node")
         page = await context.query(
             orders.list_orders,
             actor,
             columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
-            after_id=int(str(after_id)) if after_id is not None else None,
+            after_id=decode_id_cursor(after, "orders"),
             limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
@@ -187,14 +186,11 @@ class Query:
         context = info.context
         actor = context.require_viewer()
         limit = _page_size(context, first)
-        after_id = None
-        if after is not None:
-            (after_id,) = decode_cursor(after, "reservations", (int,))
         page = await context.query(
             reservations.list_reservations,
             actor,
             status=status,
-            after_id=int(str(after_id)) if after_id is not None else None,
+            after_id=decode_id_cursor(after, "reservations"),
             limit=limit,
         )
         return connection_of(

@@ -108,13 +108,15 @@ class _SearchShape:
     min_price: bool
     max_price: bool
     name_contains: bool
+    columns: tuple[str, ...] | None
 
 
 @lru_cache(maxsize=256)
 def _search_query(shape: _SearchShape) -> CompiledQuery:
     column = _SORT_COLUMN[shape.sort]
     descending = shape.sort in _DESCENDING
-    statement = select(*PRODUCT_COLUMNS).where(*_filter_conditions(shape))
+    selected = columns_named(Product, shape.columns, PRODUCT_COLUMNS)
+    statement = select(*selected).where(*_filter_conditions(shape))
     if shape.after:
         position = tuple_(column, Product.id)
         after = tuple_(bindparam("after_value", type_=column.type), bindparam("after_id"))
@@ -158,8 +160,10 @@ async def search_products(
     sort: ProductSort,
     after: tuple[SortValue, int] | None,
     limit: int,
+    columns: tuple[str, ...] | None = None,
 ) -> Page[Record]:
-    """One page of products matching `product_filter`, in `sort` order, after `after`."""
+    """One page of products matching `product_filter`, in `sort` order, after `after`;
+    `columns` narrows the rows as in `products_by_ids` (the cursor's own columns are added)."""
     check_filter(product_filter)
     needle = product_filter.name_contains
     if needle and len(needle) > MAX_NAME_SEARCH_LENGTH:
@@ -174,6 +178,9 @@ async def search_products(
         min_price=product_filter.min_price is not None,
         max_price=product_filter.max_price is not None,
         name_contains=bool(needle),
+        columns=(
+            None if columns is None else tuple(sorted({*columns, "id", _SORT_COLUMN[sort].key}))
+        ),
     )
     escaped = (needle or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     rows = await fetch(

@@ -348,6 +348,15 @@ async def test_lists_read_only_the_columns_of_selected_fields(
     product_statement = next(s for s in statements.statements if "FROM products" in s)
     assert "description" not in product_statement and "created_at" not in product_statement
 
+    # The catalogue list too, with the cursor's sort column added by the service.
+    statements.reset()
+    page = await gql(
+        "{ products(first: 2, orderBy: PRICE_ASC) { edges { cursor node { name } } } }"
+    )
+    assert page["data"]["products"]["edges"][0]["node"]["name"] == "Harbour Loft"
+    (catalogue_statement,) = statements.statements
+    assert "description" not in catalogue_statement and "products.price" in catalogue_statement
+
     # Fields reached through fragments count as selected.
     body = await gql(
         """fragment Details on Product { description createdAt price { amount } }

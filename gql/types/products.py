@@ -49,13 +49,19 @@ class Product(Node):
         left None: nothing reads a field that was not selected)."""
         get = row.get
         price = get("price")
+        currency = get("currency")
         return cls(
             id=strawberry.ID(to_global_id("Product", row["id"])),
             sku=get("sku"),
             name=get("name"),
             description=get("description"),
             kind=get("kind"),
-            price=None if price is None else Money(amount=price, currency=row["currency"]),
+            # A price read only to order a page comes without its currency: no Money then.
+            price=(
+                None
+                if price is None or currency is None
+                else Money(amount=price, currency=currency)
+            ),
             stock=get("stock"),
             created_at=get("created_at"),
             updated_at=get("updated_at"),
