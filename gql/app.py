@@ -14,6 +14,7 @@ from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
 from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
+from gql.fastlane import GRAPHQL_PATH, FastLane
 from gql.graphiql import assets_router
 from gql.health import router as health_router
 from gql.metrics import OPERATION_NAMES
@@ -69,27 +70,37 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    edge = Edge(
+        settings=settings,
+        rate_limiter=RateLimiter(settings, redis, circuit),
+        persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+    )
     app.state.settings = settings
     app.state.redis = redis
+    app.state.edge = edge
     OPERATION_NAMES.limit = settings.metrics_max_operation_names
+    # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
+    served_schema = build_schema(introspection=False) if settings.is_production else schema
     router = FastJSONGraphQLRouter(
-        # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
-        build_schema(introspection=False) if settings.is_production else schema,
-        path="/graphql",
+        served_schema,
+        path=GRAPHQL_PATH,
         context_getter=get_context,
         graphql_ide=None if settings.is_production else "graphiql",
-        edge=Edge(
-            settings=settings,
-            rate_limiter=RateLimiter(settings, redis, circuit),
-            persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
-        ),
+        edge=edge,
     )
     app.include_router(router)
     app.include_router(health_router)
     if not settings.is_production:
         app.include_router(assets_router())
     # The last added is the outermost. The correlation ID is set before anything else runs;
-    # CORS sits outside the shield, so a browser can read even a shielded 500.
+    # CORS sits outside the shield, so a browser can read even a shielded 500. The fast lane
+    # is innermost: all of these apply to it too.
+    app.add_middleware(
+        FastLane,
+        schema=served_schema,
+        edge=edge,
+        state=app.state,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:

@@ -38,10 +38,9 @@ class Viewer:
     error: str | None = None
 
 
-async def get_viewer(request: Request, session: SessionDep) -> Viewer:
+async def viewer_for(session: AsyncSession, header: str | None) -> Viewer:
     """The caller behind `Authorization: Bearer <token>`; anonymous without the header. A bad
     header is remembered, so fields that need a viewer can say what was wrong with it."""
-    header = request.headers.get("authorization")
     if not header:
         return Viewer(actor=None)
     scheme, _, token = header.partition(" ")
@@ -52,6 +51,10 @@ async def get_viewer(request: Request, session: SessionDep) -> Viewer:
     if actor is None:
         return Viewer(actor=None, error="invalid API token")
     return Viewer(actor=actor)
+
+
+async def get_viewer(request: Request, session: SessionDep) -> Viewer:
+    return await viewer_for(session, request.headers.get("authorization"))
 
 
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]

@@ -74,13 +74,17 @@ _latency_series: dict[tuple[str, str], Any] = {}
 
 
 def observe_operation(execution_context: ExecutionContext, seconds: float) -> None:
-    """Record an operation's latency under its name and type (children cached: `labels()`
-    takes a lock and builds a key on every call)."""
     try:
         operation_type = execution_context.operation_type.value
     except RuntimeError:  # the document did not parse or names no such operation
         operation_type = "unknown"
-    key = (OPERATION_NAMES.label(execution_context.operation_name), operation_type)
+    observe_latency(execution_context.operation_name, operation_type, seconds)
+
+
+def observe_latency(operation_name: str | None, operation_type: str, seconds: float) -> None:
+    """Record an operation's latency under its name and type (children cached: `labels()`
+    takes a lock and builds a key on every call)."""
+    key = (OPERATION_NAMES.label(operation_name), operation_type)
     series = _latency_series.get(key)
     if series is None:
         series = _latency_series[key] = REQUEST_LATENCY.labels(*key)

@@ -12,6 +12,9 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
 from graphql import (
+    ExecutionResult as GraphQLExecutionResult,
+)
+from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -43,7 +46,9 @@ from gql.errors import (
 )
 from gql.graphiql import graphiql_html
 from gql.metrics import ERRORS
+from gql.prepared import PreparedOperations
 from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+from services.auth import Actor
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -89,8 +94,53 @@ class Edge:
     persisted_queries: PersistedQueries
     limited_fields: frozenset[str] = field(init=False)
 
+    prepared: PreparedOperations = field(init=False)
+
     def __post_init__(self) -> None:
         self.limited_fields = frozenset(self.rate_limiter.limited_fields())
+        self.prepared = PreparedOperations(self.settings.max_query_tokens)
+
+    async def check_rate_limits(
+        self,
+        viewer: Actor | None,
+        peer: str | None,
+        forwarded_for: list[str],
+        operations: list[tuple[str, str | None]],
+    ) -> None:
+        """Count the request against the caller's limits (the user's, else the client
+        address's) and each limited root field of `operations` ((query, operation name)
+        pairs); raise Refused when a limit is reached."""
+        limiter = self.rate_limiter
+        if not limiter.enabled:
+            return
+        if viewer is not None:
+            caller = f"user:{viewer.user_id}"
+        else:
+            caller = "ip:" + client_ip(peer, forwarded_for, self.settings.trusted_proxies)
+        fields: Counter[str] = Counter()
+        for query, operation_name in operations:
+            # Cheap filter first: most operations name no field with a limit of its own.
+            if any(name in query for name in self.limited_fields):
+                fields.update(
+                    dict(root_fields(query, operation_name, self.settings.max_query_tokens))
+                )
+        try:
+            refusal = await limiter.check(caller, fields)
+        except RateLimitUnavailable:
+            raise Refused(
+                503,
+                SERVICE_UNAVAILABLE,
+                "Rate limits cannot be checked; retry later",
+                {"Retry-After": "1"},
+            ) from None
+        if refusal is not None:
+            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
+            raise Refused(
+                429,
+                RATE_LIMITED,
+                f"Too many {what}; retry in {refusal.retry_after}s",
+                {"Retry-After": str(refusal.retry_after)},
+            )
 
 
 class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
@@ -106,16 +156,6 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             response = await self._run_and_release(request, context, root_value)
         except Refused as refused:
             return self._refusal(request, refused)
-        except RateLimitUnavailable:
-            return self._refusal(
-                request,
-                Refused(
-                    503,
-                    SERVICE_UNAVAILABLE,
-                    "Rate limits cannot be checked; retry later",
-                    {"Retry-After": "1"},
-                ),
-            )
         except HTTPException as error:
             # Strawberry answers these in plain text; clients get the same shape as any error.
             code = NOT_FOUND if error.status_code == 404 else BAD_REQUEST
@@ -123,7 +163,7 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         if (
             isinstance(response, Response)
             and response.media_type == JSON
-            and _prefers_graphql_response_json(request.headers.get("accept"))
+            and prefers_graphql_response_json(request.headers.get("accept"))
         ):
             response.headers["content-type"] = GRAPHQL_RESPONSE_JSON
             # GraphQL over HTTP: a request that failed before execution (no `data`) is a
@@ -144,17 +184,8 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
                 await session.close()
 
     def _refusal(self, request: Request, refused: Refused) -> Response:
-        ERRORS.labels(refused.code).inc()
-        wants_new = _prefers_graphql_response_json(request.headers.get("accept"))
-        status = refused.status
-        if refused.request_error:
-            status = 400 if wants_new else 200
-        return Response(
-            orjson.dumps(error_body(refused.code, refused.message)),
-            status_code=status,
-            media_type=GRAPHQL_RESPONSE_JSON if wants_new else JSON,
-            headers=refused.headers,
-        )
+        status, media_type, body = refusal_response(refused, request.headers.get("accept"))
+        return Response(body, status_code=status, media_type=media_type, headers=refused.headers)
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
         params = request.query_params
@@ -239,11 +270,12 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         items = request_data if isinstance(request_data, list) else [request_data]
         results = result if isinstance(result, list) else [result]
         for data, outcome in zip(items, results, strict=False):
-            if (
-                isinstance(data, RegisteringRequestData)
-                and data.query is not None
-                and not isinstance(outcome, PreExecutionError)
-            ):
+            if data.query is None or isinstance(outcome, PreExecutionError):
+                continue
+            if getattr(outcome, "data", None) is not None:
+                # It parsed, validated and ran: the fast lane may run it from now on.
+                self.edge.prepared.remember(data.query, data.operation_name)
+            if isinstance(data, RegisteringRequestData):
                 await self.edge.persisted_queries.put(data.register_as, data.query)
 
     async def execute_operation(  # noqa: PLR0917
@@ -268,46 +300,18 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         request_data: GraphQLRequestData | list[GraphQLRequestData],
         context: Any,
     ) -> None:
-        limiter = self.edge.rate_limiter
-        if not limiter.enabled:
-            return
-        viewer = getattr(context, "viewer", None)
-        if viewer is not None:
-            caller = f"user:{viewer.user_id}"
-        else:
-            settings = self.edge.settings
-            peer = request.client.host if request.client else None
-            caller = "ip:" + client_ip(
-                peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies
-            )
-        fields: Counter[str] = Counter()
-        for item in request_data if isinstance(request_data, list) else [request_data]:
-            query = item.query or ""
-            # Cheap filter first: most operations name no field with a limit of its own.
-            if any(name in query for name in self.edge.limited_fields):
-                fields.update(
-                    dict(
-                        root_fields(query, item.operation_name, self.edge.settings.max_query_tokens)
-                    )
-                )
-        refusal = await limiter.check(caller, fields)
-        if refusal is not None:
-            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
-            raise Refused(
-                429,
-                RATE_LIMITED,
-                f"Too many {what}; retry in {refusal.retry_after}s",
-                {"Retry-After": str(refusal.retry_after)},
-            )
+        items = request_data if isinstance(request_data, list) else [request_data]
+        await self.edge.check_rate_limits(
+            getattr(context, "viewer", None),
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            [(item.query or "", item.operation_name) for item in items],
+        )
 
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
-        result.errors = with_codes(result.errors)
-        response = process_result(result)
-        if result.errors:
-            for error in result.errors:
-                ERRORS.labels((error.extensions or {}).get("code", "UNKNOWN")).inc()
+        response = response_data(result)
         if isinstance(result, PreExecutionError):
             # A request error (parse, validation, limits): the spec says no `data` at all.
             response.pop("data", None)
@@ -321,7 +325,27 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         return orjson.loads(data)
 
 
-def _prefers_graphql_response_json(accept: str | None) -> bool:
+def response_data(result: ExecutionResult | GraphQLExecutionResult) -> GraphQLHTTPResponse:
+    """The response body of a result: every error with its stable code, and counted."""
+    result.errors = with_codes(result.errors)
+    if result.errors:
+        for error in result.errors:
+            ERRORS.labels((error.extensions or {}).get("code", "UNKNOWN")).inc()
+    return process_result(result)  # type: ignore[arg-type]
+
+
+def refusal_response(refused: Refused, accept: str | None) -> tuple[int, str, bytes]:
+    """Status, media type and body answering a request turned away before execution."""
+    ERRORS.labels(refused.code).inc()
+    wants_new = prefers_graphql_response_json(accept)
+    status = refused.status
+    if refused.request_error:
+        status = 400 if wants_new else 200
+    media_type = GRAPHQL_RESPONSE_JSON if wants_new else JSON
+    return status, media_type, orjson.dumps(error_body(refused.code, refused.message))
+
+
+def prefers_graphql_response_json(accept: str | None) -> bool:
     """Whether the client asked for application/graphql-response+json at least as much as for
     application/json (without an Accept header, the spec says: treat it as application/json)."""
     if not accept or GRAPHQL_RESPONSE_JSON not in accept:

@@ -1,6 +1,7 @@
 """Fixtures per layer: a migrated template database per run, a fresh database per test, the
 app bound to it, an HTTP client, factories, and a counter of SQL statements."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -143,6 +144,9 @@ class GraphQL:
             "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
         )
         assert response.status_code in (200, 400), response.text
+        # asyncpg reports queries to its loggers (StatementCounter) with call_soon: let the
+        # loop run them before a test reads the count.
+        await asyncio.sleep(0)
         body: dict[str, Any] = response.json()
         return body
 

@@ -653,6 +653,7 @@ async def test_the_create_order_limit_refuses_a_user_before_the_mutation_runs(
         event.listen(sync_engine, "before_cursor_execute", counter.on_cursor_execute)
         event.listen(sync_engine.pool, "checkout", counter.on_checkout)
         refused = await create(alice, "k3")
+        await asyncio.sleep(0)  # asyncpg reports queries to its loggers with call_soon
         statements_of_refusal = list(counter.statements)
         other_user = await create(bob, "k1")
     assert [r.json()["data"]["createOrder"]["__typename"] for r in passed] == [
