@@ -2,6 +2,7 @@
 access logs (access_log_format) written as one JSON object per line."""
 
 import datetime
+import gc
 import json
 import logging
 import time
@@ -11,6 +12,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 from uvicorn_worker import UvicornWorker
+
+GC_YOUNG_THRESHOLD = 5000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -132,3 +135,15 @@ class Worker(UvicornWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[no-untyped-call]
         self.wsgi = AccessLogMiddleware(self.wsgi, self.log)
+        _tune_garbage_collector()
+
+
+def _tune_garbage_collector() -> None:
+    """A request allocates about a thousand short-lived containers (rows, objects, dicts), so
+    with the default threshold (700) the collector ran once per request and now and then
+    walked the whole heap: the schema, SQLAlchemy's and graphql-core's caches. Those are
+    frozen out of its reach once loaded, and the young generation collected less often
+    (the collector's cost on the order history: 3.5% of CPU before, 1.7% after)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -18,7 +18,7 @@ from gql.loaders import (
     UserByIdLoader,
 )
 from gql.selection import selection_tree
-from gql.types.common import Money, Node
+from gql.types.common import Money, Node, instance
 from gql.types.products import Product
 from gql.types.users import User
 
@@ -59,12 +59,17 @@ class OrderItem:
 
     @classmethod
     def from_row(cls, row: Any, currency: str) -> "OrderItem":
-        return cls(
-            id=strawberry.ID(to_global_id("OrderItem", row["id"])),
-            quantity=row["quantity"],
-            unit_price=Money(amount=row["unit_price"], currency=currency),
-            subtotal=Money(amount=row["unit_price"] * row["quantity"], currency=currency),
-            product_id=row["product_id"],
+        unit_price = row["unit_price"]
+        quantity = row["quantity"]
+        return instance(
+            cls,
+            {
+                "id": to_global_id("OrderItem", row["id"]),
+                "quantity": quantity,
+                "unit_price": Money.of(unit_price, currency),
+                "subtotal": Money.of(unit_price * quantity, currency),
+                "product_id": row["product_id"],
+            },
         )
 
 
@@ -107,16 +112,21 @@ class Order(Node):
         """From a full row or one with the selected fields' columns (see Product.from_row)."""
         get = row.get
         total = get("total_amount")
-        return cls(
-            id=strawberry.ID(to_global_id("Order", row["id"])),
-            status=get("status"),
-            total=None if total is None else Money(amount=total, currency=row["currency"]),
-            idempotency_key=get("idempotency_key"),
-            created_at=get("created_at"),
-            updated_at=get("updated_at"),
-            row_id=row["id"],
-            user_id=row["user_id"],
-            currency=row["currency"],
+        row_id = row["id"]
+        currency = row["currency"]
+        return instance(
+            cls,
+            {
+                "id": to_global_id("Order", row_id),
+                "status": get("status"),
+                "total": None if total is None else Money.of(total, currency),
+                "idempotency_key": get("idempotency_key"),
+                "created_at": get("created_at"),
+                "updated_at": get("updated_at"),
+                "row_id": row_id,
+                "user_id": row["user_id"],
+                "currency": currency,
+            },
         )
 
     @classmethod

@@ -9,7 +9,7 @@ from db.models import ProductKind as ProductKindModel
 from gql.context import Info
 from gql.ids import row_id_of, to_global_id
 from gql.loaders import ProductByIdLoader
-from gql.types.common import Money, Node
+from gql.types.common import Money, Node, instance
 
 ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
 
@@ -50,22 +50,22 @@ class Product(Node):
         get = row.get
         price = get("price")
         currency = get("currency")
-        return cls(
-            id=strawberry.ID(to_global_id("Product", row["id"])),
-            sku=get("sku"),
-            name=get("name"),
-            description=get("description"),
-            kind=get("kind"),
-            # A price read only to order a page comes without its currency: no Money then.
-            price=(
-                None
-                if price is None or currency is None
-                else Money(amount=price, currency=currency)
-            ),
-            stock=get("stock"),
-            created_at=get("created_at"),
-            updated_at=get("updated_at"),
-            row_id=row["id"],
+        row_id = row["id"]
+        return instance(
+            cls,
+            {
+                "id": to_global_id("Product", row_id),
+                "sku": get("sku"),
+                "name": get("name"),
+                "description": get("description"),
+                "kind": get("kind"),
+                # A price read only to order a page comes without its currency: no Money then.
+                "price": None if price is None or currency is None else Money.of(price, currency),
+                "stock": get("stock"),
+                "created_at": get("created_at"),
+                "updated_at": get("updated_at"),
+                "row_id": row_id,
+            },
         )
 
     @classmethod
