@@ -14,13 +14,13 @@ from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
 from gql.apq import PersistedQueries, load_manifest
 from gql.deps import get_context
-from gql.fastlane import GRAPHQL_PATH, FastLane
+from gql.fastlane import FastLane
 from gql.graphiql import assets_router
 from gql.health import router as health_router
 from gql.metrics import OPERATION_NAMES
 from gql.middleware import BodyLimitMiddleware, CorrelationIdMiddleware, ErrorShieldMiddleware
 from gql.ratelimit import RateLimiter
-from gql.router import Edge, FastJSONGraphQLRouter
+from gql.router import GRAPHQL_PATH, Edge, FastJSONGraphQLRouter
 from gql.schema import build_schema, schema
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,7 @@ def create_app(
     # The last added is the outermost. The correlation ID is set before anything else runs;
     # CORS sits outside the shield, so a browser can read even a shielded 500. The fast lane
     # is innermost: all of these apply to it too.
-    app.add_middleware(
-        FastLane,
-        schema=served_schema,
-        edge=edge,
-        state=app.state,
-    )
+    app.add_middleware(FastLane, schema=served_schema, edge=edge, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:

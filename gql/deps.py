@@ -67,6 +67,13 @@ async def get_context(
     viewer: ViewerDep,
     background_tasks: BackgroundTasks,
 ) -> Context:
+    return request_context(session, settings, viewer, background_tasks)
+
+
+def request_context(
+    session: AsyncSession, settings: Settings, viewer: Viewer, background_tasks: BackgroundTasks
+) -> Context:
+    """The GraphQL context of one request (the full route's and the fast lane's)."""
     context = Context(
         session=session,
         settings=settings,

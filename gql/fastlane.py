@@ -14,23 +14,23 @@ every refusal and request error keeps a single implementation there.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from fastapi import BackgroundTasks
 from graphql import ExecutionResult, execute
-from starlette.background import BackgroundTasks
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.execution import optimized_is_awaitable
 
-from core.correlation import current_correlation_id
 from gql.context import Context
-from gql.deps import viewer_for
+from gql.deps import request_context, viewer_for
 from gql.errors import log_unexpected
 from gql.metrics import observe_latency
 from gql.prepared import PreparedOperation
 from gql.router import (
+    GRAPHQL_PATH,
     GRAPHQL_RESPONSE_JSON,
     JSON,
     Edge,
@@ -41,20 +41,12 @@ from gql.router import (
 )
 from gql.schema import Schema
 
-GRAPHQL_PATH = "/graphql"
 # Streaming transports (incremental delivery, subscriptions over HTTP) stay on the full path.
 _STREAMING = (b"multipart/mixed", b"text/event-stream")
 
 
 class FastLane:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        schema: Schema,
-        edge: Edge,
-        state: State,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, schema: Schema, edge: Edge, state: State) -> None:
         self.app = app
         self.schema = schema
         self.edge = edge
@@ -95,15 +87,20 @@ class FastLane:
             await self.app(scope, _replay(body, more, receive), send)
             return
         client = scope.get("client")
-        operation.peer = client[0] if client else None
-        operation.forwarded_for = forwarded_for
-        operation.accept = None if accept is None else accept.decode("latin-1")
-        if authorization is not None:
-            operation.authorization = authorization.decode("latin-1")
-        await self._run(operation, send)
+        call = _Call(
+            *operation,
+            authorization=None if authorization is None else authorization.decode("latin-1"),
+            accept=None if accept is None else accept.decode("latin-1"),
+            peer=client[0] if client else None,
+            forwarded_for=forwarded_for,
+        )
+        await self._run(call, send)
 
-    def _operation_of(self, body: bytes) -> "_Call | None":
-        """The prepared operation a body asks for, or None for anything else."""
+    def _operation_of(
+        self, body: bytes
+    ) -> tuple[PreparedOperation, str, str | None, dict[str, Any] | None] | None:
+        """The prepared operation a body asks for (with its query text, operation name and
+        variables), or None for anything else."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -122,7 +119,7 @@ class FastLane:
         prepared = self.edge.prepared.get(query, operation_name)
         if prepared is None:
             return None
-        return _Call(prepared, query, operation_name, variables)
+        return prepared, query, operation_name, variables
 
     async def _run(self, call: "_Call", send: Send) -> None:
         background = BackgroundTasks()
@@ -132,14 +129,7 @@ class FastLane:
             await self.edge.check_rate_limits(
                 viewer.actor, call.peer, call.forwarded_for, [(call.query, call.operation_name)]
             )
-            context = Context(
-                session=session,
-                settings=self.edge.settings,
-                viewer=viewer.actor,
-                auth_error=viewer.error,
-                correlation_id=current_correlation_id(),
-            )
-            context.background_tasks = background
+            context = request_context(session, self.edge.settings, viewer, background)
             started = time.perf_counter()
             result = await self._execute(call, context)
             observe_latency(
@@ -187,10 +177,10 @@ class _Call:
     query: str
     operation_name: str | None
     variables: dict[str, Any] | None
-    authorization: str | None = None
-    accept: str | None = None
-    peer: str | None = None
-    forwarded_for: list[str] = field(default_factory=list)
+    authorization: str | None
+    accept: str | None
+    peer: str | None
+    forwarded_for: list[str]
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

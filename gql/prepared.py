@@ -3,17 +3,17 @@ kept by (query text, operation name) so the fast lane (`gql.fastlane`) can run t
 without parsing or validating. Validity does not depend on the request: the rules (schema,
 query limits, introspection switch) are the app's, fixed when it starts."""
 
+from dataclasses import dataclass
+
 from graphql import DocumentNode, OperationType, get_operation_ast, parse
 
 MAX_PREPARED = 1000
 
 
+@dataclass(frozen=True, slots=True)
 class PreparedOperation:
-    __slots__ = ("document", "operation_type")
-
-    def __init__(self, document: DocumentNode, operation_type: OperationType) -> None:
-        self.document = document
-        self.operation_type = operation_type
+    document: DocumentNode
+    operation_type: OperationType
 
 
 class PreparedOperations:
@@ -33,7 +33,7 @@ class PreparedOperations:
         key = (query, operation_name)
         if key in self._operations:
             return
-        document = parse(query, no_location=False, max_tokens=self._max_tokens)
+        document = parse(query, max_tokens=self._max_tokens)
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return

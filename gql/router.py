@@ -50,6 +50,7 @@ from gql.prepared import PreparedOperations
 from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
 from services.auth import Actor
 
+GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
 
