@@ -24,8 +24,12 @@ class Settings(BaseSettings):
     # Database. Without DATABASE_URL the embedded PostgreSQL (pgserver) in DATA_DIR is used.
     database_url: str | None = None
     data_dir: Path = PROJECT_ROOT / ".data"
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    # Connections a process keeps. Overflow connections are closed as soon as they are handed
+    # back while the pool is full, so under sustained load beyond the pool size each request
+    # forks a new server backend (measured: 30 connections a second, p99 ×4): size the pool
+    # for the load and keep overflow for rare bursts.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_statement_cache_size: int = Field(default=500, ge=0)
