@@ -25,9 +25,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     data_dir: Path = PROJECT_ROOT / ".data"
     # Connections a process keeps. Overflow connections are closed as soon as they are handed
-    # back while the pool is full, so under sustained load beyond the pool size each request
-    # forks a new server backend (measured: 30 connections a second, p99 ×4): size the pool
-    # for the load and keep overflow for rare bursts.
+    # back while the pool is full, so under sustained load beyond the pool size requests fork
+    # new server backends (measured: 30 a second, p99 four times higher): size the pool for
+    # the load and keep overflow for rare bursts.
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout: float = Field(default=10.0, gt=0)
@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=list
     )
+    # How long a resolved API token is trusted without asking the database again (0: never):
+    # a token or admin flag changed in the database applies within this time.
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
     max_request_bytes: int = Field(default=1_000_000, ge=1)
     max_query_depth: int = Field(default=20, ge=1)
     max_query_aliases: int = Field(default=30, ge=0)

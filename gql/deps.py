@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.correlation import current_correlation_id
 from core.settings import Settings
 from gql.context import Context
-from services.auth import Actor, actor_for_token
+from services.auth import Actor, ActorCache, actor_for_token
 
 MAX_TOKEN_LENGTH = 200
 
@@ -38,7 +38,9 @@ class Viewer:
     error: str | None = None
 
 
-async def viewer_for(session: AsyncSession, header: str | None) -> Viewer:
+async def viewer_for(
+    session: AsyncSession, header: str | None, actors: ActorCache | None = None
+) -> Viewer:
     """The caller behind `Authorization: Bearer <token>`; anonymous without the header. A bad
     header is remembered, so fields that need a viewer can say what was wrong with it."""
     if not header:
@@ -47,14 +49,16 @@ async def viewer_for(session: AsyncSession, header: str | None) -> Viewer:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
         return Viewer(actor=None, error="malformed Authorization header: use 'Bearer <token>'")
-    actor = await actor_for_token(session, token)
+    actor = await actor_for_token(session, token, actors)
     if actor is None:
         return Viewer(actor=None, error="invalid API token")
     return Viewer(actor=actor)
 
 
 async def get_viewer(request: Request, session: SessionDep) -> Viewer:
-    return await viewer_for(session, request.headers.get("authorization"))
+    return await viewer_for(
+        session, request.headers.get("authorization"), request.app.state.edge.actors
+    )
 
 
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]

@@ -125,7 +125,7 @@ class FastLane:
         background = BackgroundTasks()
         session = self.state.session_factory()
         try:
-            viewer = await viewer_for(session, call.authorization)
+            viewer = await viewer_for(session, call.authorization, self.edge.actors)
             await self.edge.check_rate_limits(
                 viewer.actor, call.peer, call.forwarded_for, [(call.query, call.operation_name)]
             )

@@ -48,7 +48,7 @@ from gql.graphiql import graphiql_html
 from gql.metrics import ERRORS
 from gql.prepared import PreparedOperations
 from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
-from services.auth import Actor
+from services.auth import Actor, ActorCache
 
 GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
@@ -96,10 +96,12 @@ class Edge:
     limited_fields: frozenset[str] = field(init=False)
 
     prepared: PreparedOperations = field(init=False)
+    actors: ActorCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.limited_fields = frozenset(self.rate_limiter.limited_fields())
         self.prepared = PreparedOperations(self.settings.max_query_tokens)
+        self.actors = ActorCache(self.settings.auth_cache_seconds)
 
     async def check_rate_limits(
         self,

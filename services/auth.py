@@ -2,6 +2,8 @@
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
@@ -36,8 +38,54 @@ _actor_by_token_hash_query = compile_query(
 )
 
 
-async def actor_for_token(session: AsyncSession, token: str) -> Actor | None:
+class ActorCache:
+    """Tokens recently resolved to an actor, each trusted for `ttl` seconds: a client sending
+    many requests costs one lookup per interval instead of one round trip per request. The
+    price is that a token or admin flag changed in the database takes up to `ttl` to apply.
+    Unknown tokens are never kept, so a new token works at once and guesses cost a lookup
+    each. Bounded: when full it starts over."""
+
+    def __init__(
+        self,
+        ttl: float,
+        max_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self._max_size = max_size
+        self._clock = clock
+        self._actors: dict[str, tuple[Actor, float]] = {}  # token hash -> (actor, expiry)
+
+    def get(self, token_hash: str) -> Actor | None:
+        cached = self._actors.get(token_hash)
+        if cached is None:
+            return None
+        actor, expires_at = cached
+        if self._clock() >= expires_at:
+            del self._actors[token_hash]
+            return None
+        return actor
+
+    def remember(self, token_hash: str, actor: Actor) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._actors) >= self._max_size:
+            self._actors.clear()
+        self._actors[token_hash] = (actor, self._clock() + self.ttl)
+
+
+async def actor_for_token(
+    session: AsyncSession, token: str, cache: ActorCache | None = None
+) -> Actor | None:
     """The actor owning `token`, or None for an unknown token. On every authenticated request,
-    hence a precompiled statement."""
-    rows = await fetch(session, _actor_by_token_hash_query, token_hash=hash_token(token))
-    return Actor(user_id=rows[0]["id"], is_admin=rows[0]["is_admin"]) if rows else None
+    hence a precompiled statement, and the `cache` when given."""
+    token_hash = hash_token(token)
+    if cache is not None and (actor := cache.get(token_hash)) is not None:
+        return actor
+    rows = await fetch(session, _actor_by_token_hash_query, token_hash=token_hash)
+    if not rows:
+        return None
+    actor = Actor(user_id=rows[0]["id"], is_admin=rows[0]["is_admin"])
+    if cache is not None:
+        cache.remember(token_hash, actor)
+    return actor

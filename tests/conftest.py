@@ -3,6 +3,7 @@ app bound to it, an HTTP client, factories, and a counter of SQL statements."""
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,6 +20,10 @@ from tests.databases import DatabaseFactory, server_url
 from tests.factories import Factory
 
 logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+# Every app of the run looks tokens up on every request, so a test's statement count does not
+# depend on requests made before it counts (tests/test_auth.py turns the cache on).
+os.environ.setdefault("AUTH_CACHE_SECONDS", "0")
 
 
 @pytest.fixture(scope="session")
