@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_statement_cache_size: int = Field(default=500, ge=0)
-    # Ping each connection on checkout (one round trip), replacing those the server dropped.
+    # Check each connection on checkout, replacing those the server dropped: free for one
+    # the server closed, a ping (one round trip) for one idle at least DB_POOL_PING_AFTER.
     db_pool_pre_ping: bool = True
+    db_pool_ping_after: float = Field(default=1.0, ge=0)
 
     # Redis (rate limits, persisted queries). Optional for a single local process.
     redis_url: str | None = None

@@ -1,5 +1,7 @@
 """The async engine and session factory, configured from settings."""
 
+import time
+from functools import partial
 from typing import Any
 
 from sqlalchemy import event
@@ -17,7 +19,7 @@ from core.settings import Settings
 
 def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
     """An asyncpg engine whose pool is sized and recycled as the settings say, and whose
-    connections are pinged on checkout (DB_POOL_PRE_PING)."""
+    connections are checked on checkout (DB_POOL_PRE_PING)."""
     engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -32,17 +34,39 @@ def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
         },
     )
     if settings.db_pool_pre_ping:
-        event.listen(engine.sync_engine.pool, "checkout", _ping_on_checkout)
+        pool = engine.sync_engine.pool
+        event.listen(pool, "checkin", _note_checkin)
+        event.listen(
+            pool, "checkout", partial(_check_on_checkout, ping_after=settings.db_pool_ping_after)
+        )
     return engine
 
 
-def _ping_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    """Pessimistic disconnect handling in one round trip. SQLAlchemy's `pool_pre_ping` wraps
-    its asyncpg ping in BEGIN … ROLLBACK (for pgbouncer's transaction mode, which we do not
-    run behind): three round trips on every request. A connection that fails the ping is
-    discarded and the pool checks out another, so a database restart costs no request."""
+_CHECKED_IN_AT = "db.engine.checked_in_at"
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def _check_on_checkout(
+    dbapi_connection: Any, record: Any, _proxy: Any, *, ping_after: float
+) -> None:
+    """Pessimistic disconnect handling. A connection the server closed (restart, terminated
+    backend, idle timeout) is known to asyncpg as soon as the loop has read the close: that
+    check is free. One that sat idle for `ping_after` seconds may have died unseen (failover,
+    a proxy's timeout), so it is pinged in one round trip; SQLAlchemy's own `pool_pre_ping`
+    takes three (BEGIN, ping, ROLLBACK). A busy pool, whose connections come back within
+    milliseconds, pays no round trip. A connection that fails either check is discarded and
+    the pool checks out another, so a database restart costs no request."""
+    driver = dbapi_connection.driver_connection
+    if driver.is_closed():
+        raise DisconnectionError("the server closed the connection")
+    checked_in_at = record.info.get(_CHECKED_IN_AT)
+    if checked_in_at is not None and time.monotonic() - checked_in_at < ping_after:
+        return
     try:
-        await_(dbapi_connection.driver_connection.fetchrow(";"))
+        await_(driver.fetchrow(";"))
     except Exception as error:
         raise DisconnectionError(f"connection failed its ping: {error}") from error
 

@@ -1,7 +1,9 @@
 """The read API: constant SQL per request, keyset pagination, authorization, exact money."""
 
+import asyncio
 import base64
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import httpx
@@ -10,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
 from db.compiled import driver_connection
+from db.engine import create_db_engine
 from db.models import OrderStatus, ProductKind
 from gql.app import create_app
 from gql.ids import to_global_id
@@ -382,6 +385,35 @@ async def test_connections_dropped_by_the_server_are_replaced_unseen(
     for _ in range(3):
         body = await gql(query)
         assert body["data"]["products"]["edges"][0]["node"]["name"] == "Survivor", body
+
+
+async def test_only_a_connection_idle_for_a_while_is_pinged_on_checkout(database_url: str) -> None:
+    """A busy pool pays no round trip per checkout; one idle past DB_POOL_PING_AFTER does."""
+    settings = Settings(environment="test", redis_url=None, db_pool_size=1, db_pool_ping_after=0.2)
+    engine = create_db_engine(database_url, settings)
+    pings: list[str] = []
+
+    def record_ping(record: Any) -> None:
+        if record.query == ";":
+            pings.append(record.query)
+
+    async def check_out() -> None:
+        async with engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            driver.remove_query_logger(record_ping)
+            driver.add_query_logger(record_ping)
+        await asyncio.sleep(0)  # query loggers are called soon, not at once
+
+    try:
+        await check_out()  # never checked in before: pinged, unseen by the logger not yet added
+        await check_out()
+        await check_out()
+        assert pings == []
+        await asyncio.sleep(0.25)
+        await check_out()
+        assert pings == [";"]
+    finally:
+        await engine.dispose()
 
 
 async def test_the_connection_is_back_in_the_pool_before_the_response_is_sent(
