@@ -30,12 +30,15 @@ async def prefetch_orders(
             [order.row_id for order in orders], alone=alone
         )
         all_items: list[OrderItem] = []
+        wanted_items = wanted["items"]
         for order, rows in zip(orders, item_rows, strict=True):
-            order.prefetched_items = [OrderItem.from_row(row, order.currency) for row in rows]
+            order.prefetched_items = [
+                OrderItem.from_row(row, order.currency, wanted_items) for row in rows
+            ]
             all_items.extend(order.prefetched_items)
-        if "product" in wanted["items"] and all_items:
+        if "product" in wanted_items and all_items:
             product_ids = {item.product_id for item in all_items}
-            wanted_product = wanted["items"]["product"]
+            wanted_product = wanted_items["product"]
             products = await products_by_id(context, product_ids, wanted_product, alone=alone)
             for item in all_items:
                 item.prefetched_product = products.get(item.product_id)

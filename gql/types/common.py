@@ -19,6 +19,16 @@ def instance(cls: type[T], fields: dict[str, Any]) -> T:
     return obj
 
 
+class _Everything:
+    """Contains every name: `wanted` for a caller that does not know the selection."""
+
+    def __contains__(self, _name: object) -> bool:
+        return True
+
+
+ALL_FIELDS = _Everything()
+
+
 @strawberry.interface(description="An object with a globally unique, opaque ID (Relay).")
 class Node:
     id: strawberry.ID

@@ -2,7 +2,7 @@
 (`gql.prefetch`), so resolving them is reading an attribute; when they were not, the resolver
 falls back to the request's loaders, still batched."""
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Container
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from gql.loaders import (
     UserByIdLoader,
 )
 from gql.selection import selection_tree
-from gql.types.common import Money, Node, instance
+from gql.types.common import ALL_FIELDS, Money, Node, instance
 from gql.types.products import Product
 from gql.types.users import User
 
@@ -58,19 +58,21 @@ class OrderItem:
         return Product.from_row(row)
 
     @classmethod
-    def from_row(cls, row: Any, currency: str) -> "OrderItem":
+    def from_row(cls, row: Any, currency: str, wanted: Container[str] = ALL_FIELDS) -> "OrderItem":
+        """The derived fields (the global id, the subtotal) only when `wanted` selects them:
+        nothing reads a field that was not selected, and a page of orders has many items."""
         unit_price = row["unit_price"]
         quantity = row["quantity"]
-        return instance(
-            cls,
-            {
-                "id": to_global_id("OrderItem", row["id"]),
-                "quantity": quantity,
-                "unit_price": Money.of(unit_price, currency),
-                "subtotal": Money.of(unit_price * quantity, currency),
-                "product_id": row["product_id"],
-            },
-        )
+        fields = {
+            "quantity": quantity,
+            "unit_price": Money.of(unit_price, currency),
+            "product_id": row["product_id"],
+        }
+        if "id" in wanted:
+            fields["id"] = to_global_id("OrderItem", row["id"])
+        if "subtotal" in wanted:
+            fields["subtotal"] = Money.of(unit_price * quantity, currency)
+        return instance(cls, fields)
 
 
 @strawberry.federation.type(keys=["id"])
