@@ -121,7 +121,8 @@ class Query:
         if after is not None:
             text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        wanted = subtree(selection_tree(info), "edges", "node")
+        edges = subtree(selection_tree(info), "edges")
+        wanted = subtree(edges, "node")
         page = await info.context.query(
             catalog.search_products,
             product_filter=(filter or ProductFilter()).to_service(),
@@ -130,16 +131,14 @@ class Query:
             limit=limit,
             columns=columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS),
         )
+        rows = page.rows
+        ordering = f"products:{sort.value}"
         return connection_of(
-            [
-                (
-                    Product.from_row(row),
-                    encode_cursor(f"products:{sort.value}", *catalog.sort_key(row, sort)),
-                )
-                for row in page.rows
-            ],
+            [Product.from_row(row) for row in rows],
+            lambda i: encode_cursor(ordering, *catalog.sort_key(rows[i], sort)),
             has_next=page.has_next,
             has_previous=after is not None,
+            wanted=edges,
         )
 
     @strawberry.field(description="One order: only its owner (or an admin) can see it.")
@@ -158,7 +157,8 @@ class Query:
         context = info.context
         actor = context.require_viewer()
         limit = _page_size(context, first)
-        wanted = subtree(selection_tree(info), "edges", "node")
+        edges = subtree(selection_tree(info), "edges")
+        wanted = subtree(edges, "node")
         page = await context.query(
             orders.list_orders,
             actor,
@@ -170,9 +170,11 @@ class Query:
         nodes = [Order.from_row(row) for row in page.rows]
         await prefetch_orders(context, nodes, wanted, alone=True)
         return connection_of(
-            [(order, encode_cursor("orders", order.row_id)) for order in nodes],
+            nodes,
+            lambda i: encode_cursor("orders", nodes[i].row_id),
             has_next=page.has_next,
             has_previous=after is not None,
+            wanted=edges,
         )
 
     @strawberry.field(description="The viewer's reservations (holds), newest first.")
@@ -193,11 +195,11 @@ class Query:
             after_id=decode_id_cursor(after, "reservations"),
             limit=limit,
         )
+        rows = page.rows
         return connection_of(
-            [
-                (Reservation.from_row(row), encode_cursor("reservations", row.id))
-                for row in page.rows
-            ],
+            [Reservation.from_row(row) for row in rows],
+            lambda i: encode_cursor("reservations", rows[i].id),
             has_next=page.has_next,
             has_previous=after is not None,
+            wanted=subtree(selection_tree(info), "edges"),
         )

@@ -133,6 +133,29 @@ async def test_walking_products_pages_returns_each_product_once_in_order(
         assert sort_key  # the ordering under test
 
 
+async def test_page_ends_have_cursors_whether_or_not_the_edges_ask_for_theirs(
+    factory: Factory, gql: GraphQL
+) -> None:
+    """Edge cursors are encoded only when selected; the page's ends always are."""
+    _, token = await factory.user()
+    for n in range(3):
+        await factory.product(name=f"Cabin {n}")
+    ends = "pageInfo { startCursor endCursor }"
+    for field in ("products(first: 2)", "orders(first: 2)"):
+        with_edges = await gql(f"{{ {field} {{ edges {{ cursor }} {ends} }} }}", token=token)
+        without = await gql(f"{{ {field} {{ edges {{ node {{ id }} }} {ends} }} }}", token=token)
+        assert "errors" not in with_edges and "errors" not in without, (with_edges, without)
+        [connection] = with_edges["data"].values()
+        cursors = [edge["cursor"] for edge in connection["edges"]]
+        page_info = connection["pageInfo"]
+        assert (page_info["startCursor"], page_info["endCursor"]) == (
+            (cursors[0], cursors[-1]) if cursors else (None, None)
+        )
+        assert next(iter(without["data"].values()))["pageInfo"] == page_info
+    products = (await gql("{ products(first: 2) { pageInfo { endCursor } } }"))["data"]
+    assert products["products"]["pageInfo"]["endCursor"] is not None
+
+
 async def test_newest_products_come_first(factory: Factory, gql: GraphQL) -> None:
     first, second = await factory.product(name="Older"), await factory.product(name="Newer")
     body = await gql(PRODUCTS_PAGE, {"first": 2, "orderBy": "NEWEST"})

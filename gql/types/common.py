@@ -1,5 +1,6 @@
 """Types shared by every domain: the Relay Node interface, connections, money."""
 
+from collections.abc import Callable, Container
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -65,15 +66,30 @@ class Connection(Generic[NodeT]):
 
 
 def connection_of(
-    nodes_and_cursors: list[tuple[NodeT, str]], *, has_next: bool, has_previous: bool
+    nodes: list[NodeT],
+    cursor_of: Callable[[int], str],
+    *,
+    has_next: bool,
+    has_previous: bool,
+    wanted: Container[str] = ALL_FIELDS,
 ) -> Connection[NodeT]:
-    edges = [Edge(cursor=cursor, node=node) for node, cursor in nodes_and_cursors]
+    """A page of `nodes`; `cursor_of(i)` encodes the cursor of the i-th. `wanted`: the fields
+    selected on the edges; without `cursor` among them only the page's ends get one."""
+    every_cursor = "cursor" in wanted
+    edges = [
+        instance(Edge, {"node": node, "cursor": cursor_of(i) if every_cursor else None})
+        for i, node in enumerate(nodes)
+    ]
+    start_cursor = end_cursor = None
+    if edges:
+        start_cursor = edges[0].cursor if every_cursor else cursor_of(0)
+        end_cursor = edges[-1].cursor if every_cursor else cursor_of(len(edges) - 1)
     return Connection(
         edges=edges,
         page_info=PageInfo(
             has_next_page=has_next,
             has_previous_page=has_previous,
-            start_cursor=edges[0].cursor if edges else None,
-            end_cursor=edges[-1].cursor if edges else None,
+            start_cursor=start_cursor,
+            end_cursor=end_cursor,
         ),
     )
