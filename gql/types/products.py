@@ -46,27 +46,17 @@ class Product(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Product":
         """From a full row, or from one with only the selected fields' columns (the others are
-        left None: nothing reads a field that was not selected)."""
-        get = row.get
-        price = get("price")
-        currency = get("currency")
-        row_id = row["id"]
-        return instance(
-            cls,
-            {
-                "id": to_global_id("Product", row_id),
-                "sku": get("sku"),
-                "name": get("name"),
-                "description": get("description"),
-                "kind": get("kind"),
-                # A price read only to order a page comes without its currency: no Money then.
-                "price": None if price is None or currency is None else Money.of(price, currency),
-                "stock": get("stock"),
-                "created_at": get("created_at"),
-                "updated_at": get("updated_at"),
-                "row_id": row_id,
-            },
-        )
+        left unset: nothing reads a field that was not selected). Columns are named as the
+        fields, so the row's own items are the fields but for the id and the price."""
+        fields = dict(row.items())
+        row_id = fields["id"]
+        fields["row_id"] = row_id
+        fields["id"] = to_global_id("Product", row_id)
+        price = fields.get("price")
+        currency = fields.pop("currency", None)
+        # A price read only to order a page comes without its currency: no Money then.
+        fields["price"] = None if price is None or currency is None else Money.of(price, currency)
+        return instance(cls, fields)
 
     @classmethod
     async def resolve_reference(cls, info: Info, id: strawberry.ID) -> "Product | None":
