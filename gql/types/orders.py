@@ -112,24 +112,13 @@ class Order(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Order":
         """From a full row or one with the selected fields' columns (see Product.from_row)."""
-        get = row.get
-        total = get("total_amount")
-        row_id = row["id"]
-        currency = row["currency"]
-        return instance(
-            cls,
-            {
-                "id": to_global_id("Order", row_id),
-                "status": get("status"),
-                "total": None if total is None else Money.of(total, currency),
-                "idempotency_key": get("idempotency_key"),
-                "created_at": get("created_at"),
-                "updated_at": get("updated_at"),
-                "row_id": row_id,
-                "user_id": row["user_id"],
-                "currency": currency,
-            },
-        )
+        fields = dict(row.items())
+        row_id = fields["id"]
+        fields["row_id"] = row_id
+        fields["id"] = to_global_id("Order", row_id)
+        total = fields.pop("total_amount", None)
+        fields["total"] = None if total is None else Money.of(total, fields["currency"])
+        return instance(cls, fields)
 
     @classmethod
     async def resolve_reference(cls, info: Info, id: strawberry.ID) -> "Order | None":
