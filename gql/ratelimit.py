@@ -2,6 +2,7 @@
 (the mutations), counted with the `limits` library's async API in Redis, so that every process
 shares one count; in memory only when no Redis is configured (a single local process)."""
 
+import asyncio
 import logging
 import math
 import time
@@ -9,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -35,6 +37,56 @@ class RateLimitUnavailable(Exception):
     """Redis is down and the limits are configured to fail closed."""
 
 
+class BatchedRedisStorage(RedisStorage):
+    """`limits`' Redis storage, sending the moving-window hits of concurrent requests together:
+    the hits made in one turn of the event loop go as one pipeline of the library's own Lua
+    script, instead of a round trip each. redis-py's client costs about 100 µs of CPU per
+    command (pool, timeouts, retries, instrumentation), a tenth of an order history; in a
+    pipeline most of it is paid once per batch. Each hit is still its own atomic script, with
+    its own timestamp: the counts are exactly the unbatched ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batch: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        loop = asyncio.get_running_loop()
+        if not self._batch:
+            task = loop.create_task(self._send_batch())
+            self._sending.add(task)  # a task nobody references may be collected mid-flight
+            task.add_done_callback(self._sending.discard)
+        future: asyncio.Future[Any] = loop.create_future()
+        arguments = [time.time(), limit, expiry, amount]
+        self._batch.append((self.bridge.prefixed_key(key), arguments, future))
+        return bool(await future)
+
+    async def _send_batch(self) -> None:
+        await asyncio.sleep(0)  # one more turn: requests ready in this one join the batch
+        batch, self._batch = self._batch, []
+        bridge: Any = self.bridge
+        script = bridge.lua_acquire_moving_window
+        try:
+            if len(batch) == 1:  # alone: a pipeline would cost more than the plain call
+                key, arguments, _ = batch[0]
+                results = [await script([key], arguments)]
+            else:
+                pipeline = bridge.get_connection().pipeline(transaction=False)
+                for key, arguments, _ in batch:
+                    await script([key], arguments, client=pipeline)
+                results = await pipeline.execute()
+        except BaseException as error:  # each waiting request gets it, wrapped by `limits`
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if not future.done():  # its request may have been cancelled meanwhile
+                future.set_result(result)
+
+
 class RateLimiter:
     """A moving window per (limit, caller): unlike a fixed window it never lets 2·N through
     across a window boundary, at the price of one Redis list entry per hit."""
@@ -46,7 +98,7 @@ class RateLimiter:
         self._shared = redis is not None
         storage: Storage
         if redis is not None and settings.redis_url:
-            storage = RedisStorage(
+            storage = BatchedRedisStorage(
                 "async+" + settings.redis_url,
                 implementation="redispy",  # coredis, the default, does not build here
                 key_prefix=f"{settings.redis_key_prefix}:ratelimit",

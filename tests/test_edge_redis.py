@@ -9,12 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.redis import RedisCircuit, create_redis
+from gql.ratelimit import RateLimiter
 from tests.conftest import error_codes
 from tests.edge_support import (
     REDIS_URL,
     app_client,
     captured_logs,
     delete_prefix,
+    edge_settings,
     free_port,
     start_redis,
     start_server,
@@ -75,6 +78,42 @@ async def test_two_server_processes_enforce_one_combined_limit(
     finally:
         for server in servers:
             stop(server)
+
+
+async def test_concurrent_hits_sent_together_are_each_counted_exactly(prefix: str) -> None:
+    """Hits made in one turn of the loop go to Redis as one pipeline; each is still its own
+    atomic script: per caller, exactly the limit passes, whatever the interleaving."""
+    settings = edge_settings(
+        redis_url=REDIS_URL, redis_key_prefix=prefix, rate_limit_default="3/minute"
+    )
+    redis = create_redis(settings)
+    assert redis is not None
+    limiter = RateLimiter(settings, redis, RedisCircuit(settings.redis_retry_interval))
+    try:
+        callers = [f"user:{n}" for n in range(4)]
+        refusals = await asyncio.gather(*(limiter.check(c) for c in callers * 5))
+        for n, caller in enumerate(callers):
+            mine = refusals[n :: len(callers)]
+            assert [r is None for r in mine] == [True, True, True, False, False], (caller, mine)
+        assert all(r.limit == "request" and r.retry_after >= 1 for r in refusals if r)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_batch_that_cannot_reach_redis_lets_every_request_through(prefix: str) -> None:
+    settings = edge_settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}", redis_key_prefix=prefix, redis_timeout=0.5
+    )
+    redis = create_redis(settings)
+    assert redis is not None
+    limiter = RateLimiter(settings, redis, RedisCircuit(settings.redis_retry_interval))
+    try:
+        async with captured_logs() as logs:
+            refusals = await asyncio.gather(*(limiter.check(f"user:{n}") for n in range(6)))
+        assert refusals == [None] * 6
+        assert [line for line in logs.lines if line["level"] == "WARNING"]
+    finally:
+        await redis.aclose()
 
 
 async def test_persisted_queries_registered_by_one_app_run_on_another(
