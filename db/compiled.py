@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ClauseElement, event
+from sqlalchemy import ClauseElement, Text, cast, event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect  # noqa: N812
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
@@ -30,14 +30,22 @@ class CompiledQuery:
 def columns_named(
     model: type[Any], names: Sequence[str] | None, default: tuple[Any, ...]
 ) -> tuple[Any, ...]:
-    """The model's columns called `names` (a subset a caller needs), or `default` for None."""
+    """The columns of `default` (the full row, as read) called `names` (a subset a caller
+    needs), or `default` for None."""
     if names is None:
         return default
-    table_columns = model.__table__.columns
-    unknown = [name for name in names if name not in table_columns]
+    by_name = {column.key: column for column in default}
+    unknown = [name for name in names if name not in by_name]
     if unknown:
-        raise ValueError(f"{model.__name__} has no columns {unknown}")
-    return tuple(getattr(model, name) for name in names)
+        raise ValueError(f"{model.__name__} rows have no columns {unknown}")
+    return tuple(by_name[name] for name in names)
+
+
+def exact_text(column: Any) -> Any:
+    """`column` read as PostgreSQL's own text of it, under the column's name. For money only
+    passed on (read, then written into a response): numeric's text is exact, and decoding it
+    into a Decimal costs more than the rest of its row (asyncpg: about 0.5 µs a value)."""
+    return cast(column, Text).label(column.key)
 
 
 def compile_query(statement: ClauseElement) -> CompiledQuery:

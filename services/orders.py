@@ -1,4 +1,7 @@
-"""Reading orders. Who may see which order is decided here, once, in `readable_orders`."""
+"""Reading orders. Who may see which order is decided here, once, in `readable_orders`.
+
+These reads feed responses: their money columns (`total_amount`, `unit_price`) come as the
+exact decimal text PostgreSQL gives (`db.compiled.exact_text`), not as Decimals."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -8,7 +11,14 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
+from db.compiled import (
+    CompiledQuery,
+    Record,
+    columns_named,
+    compile_query,
+    exact_text,
+    fetch,
+)
 from db.models import Order, OrderItem, OrderStatus
 from db.rows import LightSelect
 from services.auth import Actor
@@ -18,7 +28,7 @@ ORDER_COLUMNS = (
     Order.id,
     Order.user_id,
     Order.status,
-    Order.total_amount,
+    exact_text(Order.total_amount),
     Order.currency,
     Order.idempotency_key,
     Order.created_at,
@@ -29,7 +39,7 @@ ORDER_ITEM_COLUMNS = (
     OrderItem.order_id,
     OrderItem.product_id,
     OrderItem.quantity,
-    OrderItem.unit_price,
+    exact_text(OrderItem.unit_price),
 )
 
 

@@ -298,6 +298,8 @@ async def test_money_is_an_exact_decimal_string_with_currency(
     subtotals = sorted(item["subtotal"]["amount"] for item in order["items"])
     assert subtotals == ["0.30", "99999999.99"]
     assert {item["unitPrice"]["currency"] for item in order["items"]} == {"USD"}
+    # Read as the database's exact text: the trailing zero of 0.10 stays.
+    assert sorted(item["unitPrice"]["amount"] for item in order["items"]) == ["0.10", "99999999.99"]
 
 
 async def test_malformed_ids_are_bad_user_input(factory: Factory, gql: GraphQL) -> None:

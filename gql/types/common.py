@@ -41,7 +41,9 @@ class Money:
     currency: str
 
     @classmethod
-    def of(cls, amount: Decimal, currency: str) -> "Money":
+    def of(cls, amount: Decimal | str, currency: str) -> "Money":
+        """`amount` as a Decimal, or as the exact decimal text a read gave (see
+        `db.compiled.exact_text`): the Decimal scalar writes either as the same string."""
         return instance(cls, {"amount": amount, "currency": currency})
 
 

@@ -4,6 +4,7 @@ falls back to the request's loaders, still batched."""
 
 from collections.abc import Awaitable, Container
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import strawberry
@@ -71,7 +72,7 @@ class OrderItem:
         if "id" in wanted:
             fields["id"] = to_global_id("OrderItem", row["id"])
         if "subtotal" in wanted:
-            fields["subtotal"] = Money.of(unit_price * quantity, currency)
+            fields["subtotal"] = Money.of(Decimal(unit_price) * quantity, currency)
         return instance(cls, fields)
 
 
