@@ -1,4 +1,5 @@
-"""Reading the product catalogue: filters, orderings and keyset pages over light rows."""
+"""Reading the product catalogue: filters, orderings and keyset pages over light rows, whose
+price comes as the exact decimal text PostgreSQL gives (`db.compiled.exact_text`)."""
 
 import enum
 from collections.abc import Sequence
@@ -12,7 +13,14 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, columns_named, compile_query, fetch
+from db.compiled import (
+    CompiledQuery,
+    Record,
+    columns_named,
+    compile_query,
+    exact_text,
+    fetch,
+)
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.pagination import Page, page_from
@@ -23,7 +31,7 @@ PRODUCT_COLUMNS = (
     Product.name,
     Product.description,
     Product.kind,
-    Product.price,
+    exact_text(Product.price),  # read for responses: see db.compiled.exact_text
     Product.currency,
     Product.stock,
     Product.created_at,
