@@ -23,16 +23,15 @@ from db.models import Notification, NotificationStatus
 logger = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 2000
+# Built once (see services.checkout._INSERT_ORDER): the table's insert, values bound per call.
+_INSERT_NOTIFICATION = insert(Notification.metadata.tables[Notification.__tablename__])
 
 
 async def enqueue(session: AsyncSession, *, kind: str, payload: dict[str, Any]) -> None:
     """Record a notification in the caller's transaction, with the current correlation ID so
     the delivery's log lines join the request that caused it."""
-    await session.execute(
-        insert(Notification).values(
-            kind=kind, payload=payload, correlation_id=current_correlation_id()
-        )
-    )
+    values = {"kind": kind, "payload": payload, "correlation_id": current_correlation_id()}
+    await session.execute(_INSERT_NOTIFICATION, values)
 
 
 @dataclass(frozen=True, slots=True)
