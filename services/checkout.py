@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,6 +46,9 @@ _ORDER_ITEMS = OrderItem.metadata.tables[OrderItem.__tablename__]
 # SQLAlchemy a new cache key (a walk of every value) each time, and the entity's ORM insert
 # path on top; together most of the CPU of placing an order.
 _INSERT_ORDER = insert(Order.metadata.tables[Order.__tablename__]).returning(*ORDER_COLUMNS)
+_ORDER_BY_KEY = select(*ORDER_COLUMNS).where(
+    Order.user_id == bindparam("user_id"), Order.idempotency_key == bindparam("key")
+)
 
 _LOCK_IDEMPOTENCY_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_name, 0))")
 
@@ -200,9 +203,7 @@ async def _items_of(session: AsyncSession, order_id: int) -> list[LightRow]:
 
 
 async def _order_by_key(session: AsyncSession, actor: Actor, key: str) -> LightRow | None:
-    found = await session.execute(
-        select(*ORDER_COLUMNS).where(Order.user_id == actor.user_id, Order.idempotency_key == key)
-    )
+    found = await session.execute(_ORDER_BY_KEY, {"user_id": actor.user_id, "key": key})
     return found.first()
 
 

@@ -13,11 +13,20 @@ from typing import Protocol
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.arrays import equals_any
+from db.arrays import equals_any, equals_any_parameter
 from db.models import Product, Reservation, ReservationStatus
 from db.rows import LightRow
 
 LOCKED_PRODUCT_COLUMNS = (Product.id, Product.price, Product.currency, Product.stock)
+
+# Built once, the ids bound per call: SQLAlchemy memoizes a statement's cache key, so
+# reusing the object spares a walk of it on every order.
+_LOCK_PRODUCTS = (
+    select(*LOCKED_PRODUCT_COLUMNS)
+    .where(equals_any_parameter(Product.id, "ids"))
+    .order_by(Product.id)
+    .with_for_update()
+)
 
 _ADJUST = text(
     "UPDATE products SET stock = products.stock + v.delta, updated_at = now() "
@@ -29,13 +38,8 @@ _ADJUST = text(
 async def lock_products(session: AsyncSession, product_ids: Iterable[int]) -> dict[int, LightRow]:
     """Lock the products in ascending id order and return their current price, currency and
     stock: the values read under the lock are the ones the transaction may act on."""
-    statement = (
-        select(*LOCKED_PRODUCT_COLUMNS)
-        .where(equals_any(Product.id, sorted(set(product_ids))))
-        .order_by(Product.id)
-        .with_for_update()
-    )
-    return {row.id: row for row in await session.execute(statement)}
+    locked = await session.execute(_LOCK_PRODUCTS, {"ids": sorted(set(product_ids))})
+    return {row.id: row for row in locked}
 
 
 async def adjust(session: AsyncSession, deltas: Mapping[int, int]) -> None:
