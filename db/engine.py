@@ -1,5 +1,6 @@
 """The async engine and session factory, configured from settings."""
 
+import select
 import time
 from functools import partial
 from typing import Any
@@ -49,21 +50,38 @@ def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
     record.info[_CHECKED_IN_AT] = time.monotonic()
 
 
+def _server_spoke(driver: Any) -> bool:
+    """Whether the server sent something the loop has not read yet to this idle connection.
+    Unasked, that is mostly a goodbye (a terminated backend's error, then the close), so the
+    connection is then pinged. One `select` with no timeout, no round trip; True when the
+    socket cannot be looked at (asyncpg keeps it private), which costs a ping."""
+    transport = getattr(driver, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    descriptor = sock.fileno() if sock is not None else -1
+    if descriptor < 0:
+        return True
+    readable, _, _ = select.select([descriptor], [], [], 0)
+    return bool(readable)
+
+
 def _check_on_checkout(
     dbapi_connection: Any, record: Any, _proxy: Any, *, ping_after: float
 ) -> None:
     """Pessimistic disconnect handling. A connection the server closed (restart, terminated
-    backend, idle timeout) is known to asyncpg as soon as the loop has read the close: that
-    check is free. One that sat idle for `ping_after` seconds may have died unseen (failover,
-    a proxy's timeout), so it is pinged in one round trip; SQLAlchemy's own `pool_pre_ping`
-    takes three (BEGIN, ping, ROLLBACK). A busy pool, whose connections come back within
-    milliseconds, pays no round trip. A connection that fails either check is discarded and
-    the pool checks out another, so a database restart costs no request."""
+    backend, idle timeout) is known to asyncpg once the loop has read the close, and before
+    that its socket has unread input: both checks are free. One that sat idle for
+    `ping_after` seconds may have died unseen (failover, a proxy's timeout), so it is pinged
+    in one round trip; SQLAlchemy's own `pool_pre_ping` takes three (BEGIN, ping, ROLLBACK).
+    A busy pool, whose connections come back within milliseconds, pays no round trip. A
+    connection that fails a check is replaced by a new one, so a database restart costs no
+    request (a server dying between the check and the query still costs one: see
+    `db.compiled.fetch`)."""
     driver = dbapi_connection.driver_connection
     if driver.is_closed():
         raise DisconnectionError("the server closed the connection")
     checked_in_at = record.info.get(_CHECKED_IN_AT)
-    if checked_in_at is not None and time.monotonic() - checked_in_at < ping_after:
+    recently_used = checked_in_at is not None and time.monotonic() - checked_in_at < ping_after
+    if recently_used and not _server_spoke(driver):
         return
     try:
         await_(driver.fetchrow(";"))
