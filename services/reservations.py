@@ -5,7 +5,7 @@ stock, so it comes back exactly once however many releases and sweepers race for
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, Interval, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
@@ -98,6 +98,15 @@ def check_not_lapsed(row: LightRow) -> None:
         raise ReservationNotHeld(row.id, status.value)
 
 
+# Built once, values bound per call (as services.checkout._INSERT_ORDER): the table's insert,
+# the hold's end computed by the database's clock like every expiry check.
+_INSERT_HOLD = (
+    insert(Reservation.metadata.tables[Reservation.__tablename__])
+    .values(expires_at=func.now() + bindparam("ttl", type_=Interval()))
+    .returning(*RESERVATION_COLUMNS)
+)
+
+
 async def reserve_product(
     session: AsyncSession,
     actor: Actor,
@@ -128,18 +137,14 @@ async def reserve_product(
         if available < quantity:
             raise InsufficientStock(product_id, requested=quantity, available=available)
     await stock.adjust(session, {product_id: -quantity})
-    created = await session.execute(
-        insert(Reservation)
-        .values(
-            user_id=actor.user_id,
-            product_id=product_id,
-            quantity=quantity,
-            status=ReservationStatus.HELD,
-            expires_at=func.now() + timedelta(seconds=ttl_seconds),
-        )
-        .returning(*RESERVATION_COLUMNS)
-    )
-    return created.one()
+    values = {
+        "user_id": actor.user_id,
+        "product_id": product_id,
+        "quantity": quantity,
+        "status": ReservationStatus.HELD,
+        "ttl": timedelta(seconds=ttl_seconds),
+    }
+    return (await session.execute(_INSERT_HOLD, values)).one()
 
 
 async def release_reservation(
