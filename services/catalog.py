@@ -13,14 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import (
-    CompiledQuery,
-    Record,
-    columns_named,
-    compile_query,
-    exact_text,
-    fetch,
-)
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, exact_text, fetch
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.pagination import Page, page_from

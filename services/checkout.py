@@ -35,11 +35,6 @@ CANCELLABLE = (OrderStatus.PENDING, OrderStatus.CONFIRMED)
 # orders.total_amount is NUMERIC(12, 2).
 MAX_TOTAL = Decimal(10) ** 10
 
-# Same-key requests of one user queue here, for the rest of the transaction, before either
-# looks the key up: the second then finds the first's committed order and replays it, instead
-# of racing it to the stock and the holds (and losing with InsufficientStock or
-# ReservationNotHeld). One bigint key from user and idempotency key: hashtextextended gives
-# 64 bits, so unrelated keys rarely share a lock (and sharing one only costs a short wait).
 # The table, not the entity: a Core insert skips the ORM's bulk-insert bookkeeping.
 _ORDER_ITEMS = OrderItem.metadata.tables[OrderItem.__tablename__]
 # Built once, values bound per call: a statement built with .values() per call costs
@@ -50,6 +45,11 @@ _ORDER_BY_KEY = select(*ORDER_COLUMNS).where(
     Order.user_id == bindparam("user_id"), Order.idempotency_key == bindparam("key")
 )
 
+# Same-key requests of one user queue here, for the rest of the transaction, before either
+# looks the key up: the second then finds the first's committed order and replays it, instead
+# of racing it to the stock and the holds (and losing with InsufficientStock or
+# ReservationNotHeld). One bigint key from user and idempotency key: hashtextextended gives
+# 64 bits, so unrelated keys rarely share a lock (and sharing one only costs a short wait).
 _LOCK_IDEMPOTENCY_KEY = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_name, 0))")
 
 

@@ -11,14 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import (
-    CompiledQuery,
-    Record,
-    columns_named,
-    compile_query,
-    exact_text,
-    fetch,
-)
+from db.compiled import CompiledQuery, Record, columns_named, compile_query, exact_text, fetch
 from db.models import Order, OrderItem, OrderStatus
 from db.rows import LightSelect
 from services.auth import Actor
