@@ -6,6 +6,8 @@ from typing import Any, Generic, TypeVar
 
 import strawberry
 
+from gql.ids import to_global_id
+
 NodeT = TypeVar("NodeT")
 T = TypeVar("T")
 _new = object.__new__
@@ -18,6 +20,17 @@ def instance(cls: type[T], fields: dict[str, Any]) -> T:
     obj = _new(cls)
     obj.__dict__ = fields
     return obj
+
+
+def node_fields(type_name: str, row: Any) -> dict[str, Any]:
+    """A Node's fields from its row, whose columns are named as the fields: the row's items,
+    with the global ID as `id` and the row's own id as `row_id`. Only the columns the row
+    holds (`Record.get` of an absent one takes an exception path, once per field and row)."""
+    fields = dict(row.items())
+    row_id = fields["id"]
+    fields["row_id"] = row_id
+    fields["id"] = to_global_id(type_name, row_id)
+    return fields
 
 
 class _Everything:

@@ -19,7 +19,7 @@ from gql.loaders import (
     UserByIdLoader,
 )
 from gql.selection import selection_tree
-from gql.types.common import ALL_FIELDS, Money, Node, instance
+from gql.types.common import ALL_FIELDS, Money, Node, instance, node_fields
 from gql.types.products import Product
 from gql.types.users import User
 
@@ -113,10 +113,7 @@ class Order(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Order":
         """From a full row or one with the selected fields' columns (see Product.from_row)."""
-        fields = dict(row.items())
-        row_id = fields["id"]
-        fields["row_id"] = row_id
-        fields["id"] = to_global_id("Order", row_id)
+        fields = node_fields("Order", row)
         total = fields.pop("total_amount", None)
         fields["total"] = None if total is None else Money.of(total, fields["currency"])
         return instance(cls, fields)

@@ -7,9 +7,9 @@ import strawberry
 
 from db.models import ProductKind as ProductKindModel
 from gql.context import Info
-from gql.ids import row_id_of, to_global_id
+from gql.ids import row_id_of
 from gql.loaders import ProductByIdLoader
-from gql.types.common import Money, Node, instance
+from gql.types.common import Money, Node, instance, node_fields
 
 ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
 
@@ -46,12 +46,8 @@ class Product(Node):
     @classmethod
     def from_row(cls, row: Any) -> "Product":
         """From a full row, or from one with only the selected fields' columns (the others are
-        left unset: nothing reads a field that was not selected). Columns are named as the
-        fields, so the row's own items are the fields but for the id and the price."""
-        fields = dict(row.items())
-        row_id = fields["id"]
-        fields["row_id"] = row_id
-        fields["id"] = to_global_id("Product", row_id)
+        left unset: nothing reads a field that was not selected)."""
+        fields = node_fields("Product", row)
         price = fields.get("price")
         currency = fields.pop("currency", None)
         # A price read only to order a page comes without its currency: no Money then.
