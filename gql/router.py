@@ -11,9 +11,7 @@ import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
-from graphql import (
-    ExecutionResult as GraphQLExecutionResult,
-)
+from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import (
     FieldNode,
     FragmentDefinitionNode,
