@@ -1,7 +1,8 @@
 """The per-request GraphQL context: session, viewer, loaders, background tasks."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from aiodataloader import DataLoader
@@ -10,7 +11,7 @@ from strawberry.fastapi import BaseContext
 from strawberry.types import Info as StrawberryInfo
 
 from core.settings import Settings
-from gql.errors import Unauthenticated
+from gql.errors import RequestFinished, Unauthenticated
 from services.auth import Actor
 
 LoaderT = TypeVar("LoaderT", bound=DataLoader)
@@ -37,7 +38,8 @@ class Context(BaseContext):
         self.correlation_id = correlation_id
         # One AsyncSession cannot run two statements at once, but loaders of different types
         # dispatch their batches as concurrent tasks: they take turns through this lock.
-        self.db_lock = asyncio.Lock()
+        self._db_lock = asyncio.Lock()
+        self._closed = False
         self._loaders: dict[type[DataLoader], DataLoader] = {}
 
     def loader(self, loader_class: type[LoaderT]) -> LoaderT:
@@ -47,11 +49,30 @@ class Context(BaseContext):
             loader = self._loaders[loader_class] = loader_class(self)
         return loader  # type: ignore[return-value]
 
+    @asynccontextmanager
+    async def session_turn(self) -> AsyncIterator[AsyncSession]:
+        """The session, to this caller alone until the block ends. Every use of the session
+        goes through here: root fields and loaders run as concurrent tasks, one connection
+        runs one statement at a time, and once the request has closed its session (see
+        `close`) a resolver still running must not check out a new connection."""
+        async with self._db_lock:
+            if self._closed:
+                raise RequestFinished
+            yield self.session
+
     async def query(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """`operation(session, ...)` with the session to itself: root fields of one document run
-        concurrently, and one connection cannot run two statements at once."""
-        async with self.db_lock:
-            return await operation(self.session, *args, **kwargs)
+        """`operation(session, ...)` in the session's turn (`session_turn`)."""
+        async with self.session_turn() as session:
+            return await operation(session, *args, **kwargs)
+
+    async def close(self) -> None:
+        """Give the connection back to the pool, once the statement running now (if any) is
+        done. An operation can end early (a non-null field failed) while sibling resolvers are
+        still loading, and graphql-core settles those in the background: they wait for their
+        turn behind this one and then find the request over, instead of racing the close."""
+        async with self._db_lock:
+            self._closed = True
+            await self.session.close()
 
     def forget_loaded(self) -> None:
         """Drop every loader (and its cache): after a write, loaded rows may be stale."""

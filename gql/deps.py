@@ -1,26 +1,17 @@
 """FastAPI dependencies of the GraphQL route, declared once as `Annotated` aliases."""
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
 from gql.context import Context
-from services.auth import Actor, ActorCache, actor_for_token
+from services.auth import Actor, ActorCache, actor_for_token, is_well_formed_token
 
 MAX_TOKEN_LENGTH = 200
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.session_factory() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_settings(request: Request) -> Settings:
@@ -38,51 +29,54 @@ class Viewer:
     error: str | None = None
 
 
-async def viewer_for(
-    session: AsyncSession, header: str | None, actors: ActorCache | None = None
-) -> Viewer:
-    """The caller behind `Authorization: Bearer <token>`; anonymous without the header. A bad
-    header is remembered, so fields that need a viewer can say what was wrong with it."""
+INVALID_TOKEN = "invalid API token"
+
+
+async def authenticate(context: Context, header: str | None, actors: ActorCache | None) -> None:
+    """Set the context's viewer from `Authorization: Bearer <token>`; anonymous without the
+    header. Called once the body has been read, so that no pooled connection waits on a slow
+    client; a token that cannot be one of ours is refused without a round trip. A bad header
+    is remembered, so fields that need a viewer can say what was wrong with it."""
+    viewer = await _viewer_for(context, header, actors)
+    context.viewer = viewer.actor
+    context.auth_error = viewer.error
+
+
+async def _viewer_for(context: Context, header: str | None, actors: ActorCache | None) -> Viewer:
     if not header:
         return Viewer(actor=None)
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
         return Viewer(actor=None, error="malformed Authorization header: use 'Bearer <token>'")
-    actor = await actor_for_token(session, token, actors)
+    if not is_well_formed_token(token):
+        return Viewer(actor=None, error=INVALID_TOKEN)
+    async with context.session_turn() as session:
+        actor = await actor_for_token(session, token, actors)
     if actor is None:
-        return Viewer(actor=None, error="invalid API token")
+        return Viewer(actor=None, error=INVALID_TOKEN)
     return Viewer(actor=actor)
 
 
-async def get_viewer(request: Request, session: SessionDep) -> Viewer:
-    return await viewer_for(
-        session, request.headers.get("authorization"), request.app.state.edge.actors
-    )
-
-
-ViewerDep = Annotated[Viewer, Depends(get_viewer)]
-
-
 async def get_context(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    viewer: ViewerDep,
-    background_tasks: BackgroundTasks,
+    request: Request, settings: SettingsDep, background_tasks: BackgroundTasks
 ) -> Context:
-    return request_context(session, settings, viewer, background_tasks)
+    return request_context(request.app.state.session_factory, settings, background_tasks)
 
 
 def request_context(
-    session: AsyncSession, settings: Settings, viewer: Viewer, background_tasks: BackgroundTasks
+    session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    background_tasks: BackgroundTasks,
 ) -> Context:
-    """The GraphQL context of one request (the full route's and the fast lane's)."""
+    """The GraphQL context of one request (the full route's and the fast lane's), anonymous
+    until `authenticate`. Its session takes a pooled connection only at its first statement,
+    and gives it back at `Context.close`, which the route awaits."""
     context = Context(
-        session=session,
+        session=session_factory(),
         settings=settings,
-        viewer=viewer.actor,
-        auth_error=viewer.error,
+        viewer=None,
+        auth_error=None,
         correlation_id=current_correlation_id(),
     )
     context.background_tasks = background_tasks

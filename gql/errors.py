@@ -50,6 +50,16 @@ class BadUserInput(ApiError):
     code = BAD_USER_INPUT
 
 
+class RequestFinished(ApiError):
+    """Raised to a resolver that asks for the database after its request has closed the
+    session: its operation ended early (a sibling failed) and its result has no reader."""
+
+    code = INTERNAL_SERVER_ERROR
+
+    def __init__(self) -> None:
+        super().__init__("the request has already finished")
+
+
 def is_expected(error: GraphQLError) -> bool:
     original = error.original_error
     return (

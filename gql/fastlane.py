@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.execution import optimized_is_awaitable
 
 from gql.context import Context
-from gql.deps import request_context, viewer_for
+from gql.deps import authenticate, request_context
 from gql.errors import log_unexpected
 from gql.metrics import observe_latency
 from gql.prepared import PreparedOperation
@@ -123,13 +123,12 @@ class FastLane:
 
     async def _run(self, call: "_Call", send: Send) -> None:
         background = BackgroundTasks()
-        session = self.state.session_factory()
+        context = request_context(self.state.session_factory, self.edge.settings, background)
         try:
-            viewer = await viewer_for(session, call.authorization, self.edge.actors)
+            await authenticate(context, call.authorization, self.edge.actors)
             await self.edge.check_rate_limits(
-                viewer.actor, call.peer, call.forwarded_for, [(call.query, call.operation_name)]
+                context.viewer, call.peer, call.forwarded_for, [(call.query, call.operation_name)]
             )
-            context = request_context(session, self.edge.settings, viewer, background)
             started = time.perf_counter()
             result = await self._execute(call, context)
             observe_latency(
@@ -144,7 +143,7 @@ class FastLane:
             return
         finally:
             # The connection goes back to the pool before the response is written.
-            await session.close()
+            await context.close()
         if result.errors:
             log_unexpected(result.errors)
         body = orjson.dumps(response_data(result))

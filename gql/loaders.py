@@ -31,8 +31,8 @@ class _SessionLoader(DataLoader):  # type: ignore[misc]
 
 class ProductByIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        async with self.context.db_lock:
-            found = await catalog.products_by_ids(self.context.session, keys)
+        async with self.context.session_turn() as session:
+            found = await catalog.products_by_ids(session, keys)
         return [found.get(key) for key in keys]
 
     async def load_level(
@@ -41,15 +41,15 @@ class ProductByIdLoader(_SessionLoader):
         """As `_SessionLoader.load_level`; a list's level also reads only `columns`."""
         if not alone:
             return await self.load_many(keys)  # type: ignore[no-any-return]
-        async with self.context.db_lock:
-            found = await catalog.products_by_ids(self.context.session, keys, columns=columns)
+        async with self.context.session_turn() as session:
+            found = await catalog.products_by_ids(session, keys, columns=columns)
         return [found.get(key) for key in keys]
 
 
 class ItemsByOrderIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[list[Row]]:
-        async with self.context.db_lock:
-            found = await orders.items_by_order_ids(self.context.session, keys)
+        async with self.context.session_turn() as session:
+            found = await orders.items_by_order_ids(session, keys)
         return [found.get(key, []) for key in keys]
 
 
@@ -58,8 +58,8 @@ class OrderByIdLoader(_SessionLoader):
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         actor = self.context.require_viewer()
-        async with self.context.db_lock:
-            found = await orders.readable_orders_by_ids(self.context.session, actor, keys)
+        async with self.context.session_turn() as session:
+            found = await orders.readable_orders_by_ids(session, actor, keys)
         return [found.get(key) for key in keys]
 
 
@@ -68,8 +68,8 @@ class UserByIdLoader(_SessionLoader):
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         actor = self.context.require_viewer()
-        async with self.context.db_lock:
-            found = await users.readable_users_by_ids(self.context.session, actor, keys)
+        async with self.context.session_turn() as session:
+            found = await users.readable_users_by_ids(session, actor, keys)
         return [found.get(key) for key in keys]
 
 
@@ -78,8 +78,6 @@ class ReservationByIdLoader(_SessionLoader):
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         actor = self.context.require_viewer()
-        async with self.context.db_lock:
-            found = await reservations.readable_reservations_by_ids(
-                self.context.session, actor, keys
-            )
+        async with self.context.session_turn() as session:
+            found = await reservations.readable_reservations_by_ids(session, actor, keys)
         return [found.get(key) for key in keys]

@@ -34,8 +34,7 @@ async def in_own_transaction(
     context: Context, work: Callable[[AsyncSession], Awaitable[ResultT]]
 ) -> ResultT:
     """Run `work` in a transaction of its own, retried on deadlock or serialization failure."""
-    async with context.db_lock:
-        session = context.session
+    async with context.session_turn() as session:
         if session.in_transaction():
             # The read path (the viewer's lookup, loaders) autobegan a read-only transaction:
             # end it so that this field's writes commit or roll back on their own.

@@ -25,12 +25,15 @@ from graphql import (
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
 from strawberry.http.base import BaseRequestProtocol
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.unset import UNSET
 
 from core.settings import Settings
 from gql.apq import PersistedQueries, is_sha256, sha256_of
+from gql.context import Context
+from gql.deps import authenticate
 from gql.errors import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -148,9 +151,20 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
     """Strawberry's router with orjson on the hot paths of every request, and every error
     given its stable code."""
 
-    def __init__(self, *args: Any, edge: Edge, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, edge: Edge, path: str = GRAPHQL_PATH, **kwargs: Any) -> None:
+        super().__init__(*args, path=path, **kwargs)
         self.edge = edge
+        # Without this route, FastAPI's routing answers other methods itself, in its own shape
+        # (`{"detail": …}`, no code, no correlation ID).
+        self.add_api_route(
+            path,
+            self._method_not_allowed,
+            methods=["PUT", "PATCH", "DELETE", "OPTIONS"],
+            include_in_schema=False,
+        )
+
+    async def _method_not_allowed(self, request: Request) -> Response:
+        return self._refusal(request, method_not_allowed(request.method))
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         try:
@@ -159,6 +173,9 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             return self._refusal(request, refused)
         except HTTPException as error:
             # Strawberry answers these in plain text; clients get the same shape as any error.
+            if error.status_code == 405 or isinstance(error.__cause__, InvalidOperationTypeError):
+                # GraphQL over HTTP: a mutation over GET is a 405, like a method we do not serve.
+                return self._refusal(request, method_not_allowed(request.method, error.reason))
             code = NOT_FOUND if error.status_code == 404 else BAD_REQUEST
             return self._refusal(request, Refused(error.status_code, code, error.reason))
         if (
@@ -178,11 +195,10 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
             return await super().run(request, context=context, root_value=root_value)
         finally:
             # Give the connection back to the pool as soon as the operation is done, not after
-            # the response has been written to the client (when FastAPI closes the session's
-            # dependency): under load, requests otherwise queue for connections held idle.
-            session = getattr(context, "session", None)
-            if session is not None:
-                await session.close()
+            # the response has been written to the client: under load, requests otherwise
+            # queue for connections held idle.
+            if isinstance(context, Context):
+                await context.close()
 
     def _refusal(self, request: Request, refused: Refused) -> Response:
         status, media_type, body = refusal_response(refused, request.headers.get("accept"))
@@ -204,6 +220,15 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         # Strawberry's page loads GraphiQL from a CDN; ours from this server (gql.graphiql).
         return HTMLResponse(graphiql_html())
+
+    def parse_json(self, data: str | bytes) -> Any:
+        parsed = super().parse_json(data)
+        # Strawberry reads a request (or each of a batch) as an object and fails on anything
+        # else with an AttributeError, which would be a 500.
+        items = parsed if isinstance(parsed, list) else [parsed]
+        if not all(isinstance(item, dict) for item in items):
+            raise HTTPException(400, "The request body must be a JSON object (a GraphQL request)")
+        return parsed
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
@@ -288,6 +313,9 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
         root_value: Any,
         sub_response: Response,
     ) -> Any:
+        # The viewer is looked up only now that the body has been read: a connection checked
+        # out before would wait on a slow client.
+        await authenticate(context, request.headers.get("authorization"), self.edge.actors)
         await self._check_rate_limits(request, request_data, context)
         result = await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
@@ -324,6 +352,15 @@ class FastJSONGraphQLRouter(GraphQLRouter[object, None]):
 
     def decode_json(self, data: str | bytes) -> object:
         return orjson.loads(data)
+
+
+def method_not_allowed(method: str, reason: str | None = None) -> Refused:
+    return Refused(
+        405,
+        BAD_REQUEST,
+        reason or f"{method} is not served here: send a GraphQL request with GET or POST",
+        {"Allow": "GET, POST"},
+    )
 
 
 def response_data(result: ExecutionResult | GraphQLExecutionResult) -> GraphQLHTTPResponse:

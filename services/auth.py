@@ -1,6 +1,8 @@
 """Who is asking: API tokens (stored hashed) resolved to an actor."""
 
+import enum
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -13,6 +15,9 @@ from db.compiled import compile_query, fetch
 from db.models import User
 
 TOKEN_PREFIX = "bk_"
+# What `new_token` makes (and the seed's and tests' tokens): the prefix and URL-safe base64.
+# Anything else cannot be a token of ours, so it is refused without a database round trip.
+_WELL_FORMED_TOKEN = re.compile(r"bk_[A-Za-z0-9_-]{8,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +38,30 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(30)
 
 
+def is_well_formed_token(token: str) -> bool:
+    return _WELL_FORMED_TOKEN.fullmatch(token) is not None
+
+
 _actor_by_token_hash_query = compile_query(
     select(User.id, User.is_admin).where(User.token_hash == bindparam("token_hash"))
 )
 
 
+class NotCached(enum.Enum):
+    NOT_CACHED = "not cached"
+
+
+NOT_CACHED = NotCached.NOT_CACHED
+
+
 class ActorCache:
-    """Tokens recently resolved to an actor, each trusted for `ttl` seconds: a client sending
-    many requests costs one lookup per interval instead of one round trip per request. The
-    price is that a token or admin flag changed in the database takes up to `ttl` to apply.
-    Unknown tokens are never kept, so a new token works at once and guesses cost a lookup
-    each. Bounded: when full it starts over."""
+    """Tokens recently resolved, each answer trusted for `ttl` seconds: a client sending many
+    requests costs one lookup per interval instead of one round trip per request. The price is
+    that a token or admin flag changed in the database takes up to `ttl` to apply. Unknown
+    tokens are remembered too, apart, so a client repeating a bad token costs no more than one
+    with a good one, and a flood of made-up tokens cannot push the real ones out (a token is
+    random: none is refused for having been guessed before it was issued). Each part is
+    bounded: when full it starts over."""
 
     def __init__(
         self,
@@ -55,23 +73,35 @@ class ActorCache:
         self._max_size = max_size
         self._clock = clock
         self._actors: dict[str, tuple[Actor, float]] = {}  # token hash -> (actor, expiry)
+        self._unknown: dict[str, float] = {}  # token hash -> expiry
 
-    def get(self, token_hash: str) -> Actor | None:
+    def get(self, token_hash: str) -> Actor | NotCached | None:
+        """The actor, None for a token known to be no one's, or NOT_CACHED: look it up."""
+        now = self._clock()
         cached = self._actors.get(token_hash)
-        if cached is None:
-            return None
-        actor, expires_at = cached
-        if self._clock() >= expires_at:
+        if cached is not None:
+            if now < cached[1]:
+                return cached[0]
             del self._actors[token_hash]
-            return None
-        return actor
+        expires_at = self._unknown.get(token_hash)
+        if expires_at is not None:
+            if now < expires_at:
+                return None
+            del self._unknown[token_hash]
+        return NOT_CACHED
 
-    def remember(self, token_hash: str, actor: Actor) -> None:
+    def remember(self, token_hash: str, actor: Actor | None) -> None:
         if self.ttl <= 0:
+            return
+        expires_at = self._clock() + self.ttl
+        if actor is None:
+            if len(self._unknown) >= self._max_size:
+                self._unknown.clear()
+            self._unknown[token_hash] = expires_at
             return
         if len(self._actors) >= self._max_size:
             self._actors.clear()
-        self._actors[token_hash] = (actor, self._clock() + self.ttl)
+        self._actors[token_hash] = (actor, expires_at)
 
 
 async def actor_for_token(
@@ -80,12 +110,12 @@ async def actor_for_token(
     """The actor owning `token`, or None for an unknown token. On every authenticated request,
     hence a precompiled statement, and the `cache` when given."""
     token_hash = hash_token(token)
-    if cache is not None and (actor := cache.get(token_hash)) is not None:
-        return actor
+    if cache is not None:
+        cached = cache.get(token_hash)
+        if not isinstance(cached, NotCached):
+            return cached
     rows = await fetch(session, _actor_by_token_hash_query, token_hash=token_hash)
-    if not rows:
-        return None
-    actor = Actor(user_id=rows[0]["id"], is_admin=rows[0]["is_admin"])
+    actor = Actor(user_id=rows[0]["id"], is_admin=rows[0]["is_admin"]) if rows else None
     if cache is not None:
         cache.remember(token_hash, actor)
     return actor

@@ -5,7 +5,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import User
-from services.auth import Actor, ActorCache, hash_token
+from services.auth import NOT_CACHED, Actor, ActorCache, hash_token
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 
@@ -28,18 +28,31 @@ def test_a_cached_actor_is_trusted_for_its_ttl_only() -> None:
     clock.now += 4.9
     assert cache.get("hash") == actor
     clock.now += 0.1
-    assert cache.get("hash") is None
+    assert cache.get("hash") is NOT_CACHED
 
 
 def test_a_zero_ttl_keeps_nothing_and_a_full_cache_starts_over() -> None:
     disabled = ActorCache(ttl=0)
     disabled.remember("hash", Actor(user_id=1, is_admin=False))
-    assert disabled.get("hash") is None
+    assert disabled.get("hash") is NOT_CACHED
 
     small = ActorCache(ttl=60, max_size=2)
     for n in range(3):
         small.remember(f"hash{n}", Actor(user_id=n, is_admin=False))
-    assert [small.get(f"hash{n}") is not None for n in range(3)] == [False, False, True]
+    assert [small.get(f"hash{n}") is not NOT_CACHED for n in range(3)] == [False, False, True]
+
+
+def test_unknown_tokens_are_remembered_apart_and_cannot_push_known_ones_out() -> None:
+    clock = FakeClock()
+    cache = ActorCache(ttl=5, max_size=2, clock=clock)
+    actor = Actor(user_id=7, is_admin=False)
+    cache.remember("known", actor)
+    for n in range(10):
+        cache.remember(f"made-up{n}", None)
+    assert cache.get("known") == actor
+    assert cache.get("made-up9") is None
+    clock.now += 5
+    assert cache.get("made-up9") is NOT_CACHED
 
 
 async def test_a_token_is_looked_up_once_per_interval(
@@ -76,14 +89,17 @@ async def test_an_admin_flag_changed_in_the_database_applies_when_the_entry_expi
     assert (await gql(query, variables, token=token))["data"]["node"] is None
 
 
-async def test_unknown_tokens_are_not_remembered(
+async def test_an_unknown_token_is_remembered_for_the_ttl_only(
     app: FastAPI, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    app.state.edge.actors = ActorCache(ttl=5)
+    clock = FakeClock()
+    app.state.edge.actors = ActorCache(ttl=5, clock=clock)
     token = "bk_issued_after_its_first_use"
     assert set(error_codes(await gql(ME, token=token))) == {"UNAUTHENTICATED"}
     async with session_factory() as session, session.begin():
         session.add(User(email="late@example.test", name="Late", token_hash=hash_token(token)))
+    assert set(error_codes(await gql(ME, token=token))) == {"UNAUTHENTICATED"}
+    clock.now += 5
     body = await gql(ME, token=token)
     assert "errors" not in body, body
     assert body["data"]["me"] is not None
