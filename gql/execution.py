@@ -195,16 +195,18 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return writer.function(object_type, body, "{" + ", ".join(items) + "}")
 
     def _fragments_have_directives(self, node: FieldNode) -> bool:
-        """Whether a fragment at this level carries @include/@skip: what it selects then
-        depends on the variables, and a plan is reused across requests."""
+        """Whether a selection at this level (a field, or a fragment, or a field inside one)
+        carries @include/@skip: what it selects then depends on the variables, and a plan is
+        reused across requests. Fields the variables skipped are not even collected, so this
+        must look at the document, not at what was collected for this request."""
         pending = list(node.selection_set.selections) if node.selection_set else []
         seen: set[str] = set()
         while pending:
             selection = pending.pop()
-            if isinstance(selection, FieldNode):
-                continue
             if selection.directives:
                 return True
+            if isinstance(selection, FieldNode):
+                continue
             if isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
                 details = self.fragments.get(name)
