@@ -5,6 +5,9 @@ operations that end early while their resolvers still load (issue 13: H1, L1, M5
 import asyncio
 import gc
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +17,7 @@ from sqlalchemy import event
 
 from gql.ids import to_global_id
 from tests.conftest import StatementCounter, error_codes
-from tests.edge_support import app_client, captured_logs
+from tests.edge_support import PROJECT_ROOT, app_client, captured_logs, free_port
 from tests.factories import Factory
 
 PRODUCTS = "{ products(first: 2) { edges { node { id name } } } }"
@@ -222,3 +225,70 @@ async def test_operations_that_end_early_finish_their_loads_before_the_session_c
     assert statuses and set(statuses) <= {200}, sorted(set(statuses))
     assert not [line for line in logs.lines if line["level"] in ("ERROR", "CRITICAL")]
     assert not [line for line in logs.lines if "garbage collector" in line["message"]]
+
+
+async def test_slow_bodies_hold_no_connection_under_gunicorn(database_url: str) -> None:
+    """The review's run, on the production server: 6 clients send their headers (a bogus
+    token, a streaming Accept) and one byte of body, then stall; an anonymous query must still
+    be answered at once by a worker whose pool has 2 connections. Before: it waited out the
+    pool timeout and got SERVICE_UNAVAILABLE."""
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY", "BIND", "ENVIRONMENT"}
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        WEB_CONCURRENCY="1",
+        BIND=f"127.0.0.1:{port}",
+        DB_POOL_SIZE="2",
+        DB_MAX_OVERFLOW="0",
+        DB_POOL_TIMEOUT="3",
+        RATE_LIMIT_ENABLED="false",
+        ACCESS_LOG="false",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gql.app:app",
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        url = f"http://127.0.0.1:{port}/graphql"
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(300):
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.TransportError:
+                    assert process.returncode is None, "gunicorn exited"
+                    await asyncio.sleep(0.1)
+            for n in range(6):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                accept = "multipart/mixed" if n % 2 else "text/event-stream"
+                writer.write(
+                    (
+                        "POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"Authorization: Bearer bk_bogus{n:040d}\r\nAccept: {accept}\r\n"
+                        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                    ).encode()
+                )
+                await writer.drain()
+                stalled.append(writer)
+            await asyncio.sleep(0.5)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            response = await client.post(url, json={"query": PRODUCTS})
+            waited = loop.time() - started
+        assert response.status_code == 200, response.text
+        assert "errors" not in response.json(), response.text
+        assert waited < 2.5, f"waited {waited:.2f}s: the pool was held by stalled bodies"
+    finally:
+        for writer in stalled:
+            writer.close()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
