@@ -71,6 +71,12 @@ test: assets gateway-packages browser
 worker: install  # deliver the notification outbox and sweep expired holds (run any number)
 	$(BIN)/python -m services.worker
 
+# FAILED notifications back to pending, after the receiver's outage:
+# `make requeue-failed ARGS="--kind order.created --older-than 1h --dry-run"`.
+.PHONY: requeue-failed
+requeue-failed: install
+	$(BIN)/python -m services.worker requeue-failed $(ARGS)
+
 # `make bench ARGS="--only order_history --targets floor,ours --duration 5"`: see README.
 # A measurement, not a test; it needs wrk (Debian package) and PostGraphile (npm ci).
 bench: install bench/postgraphile/$(NPM_STAMP)

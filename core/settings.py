@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
     outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # A claimed notification is retried after this if its delivery never reports back (worker
+    # killed); claimed rows still unsent after half of it are given back. Keep it well above
+    # WEBHOOK_TIMEOUT_SECONDS.
+    outbox_lease_seconds: float = Field(default=300.0, gt=0)
+    # /metrics reads the outbox backlog from the database at most this often per process.
+    outbox_metrics_interval_seconds: float = Field(default=5.0, ge=0)
     hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
     hold_sweep_batch_size: int = Field(default=500, ge=1)
 

@@ -1,8 +1,10 @@
 """Prometheus metrics of the edge. Counters are bumped where the event happens; the pool gauge
 is read at scrape time, so the hot path pays for nothing it does not use."""
 
+import asyncio
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ from prometheus_client import (
     multiprocess,
     values,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 from strawberry.types import ExecutionContext
+
+from services import outbox
 
 REQUEST_LATENCY = Histogram(
     "graphql_request_duration_seconds",
@@ -41,6 +45,23 @@ DB_POOL_CHECKED_OUT = Gauge(
     "db_pool_checked_out_connections",
     "Database connections in use, read at scrape time.",
     multiprocess_mode="livesum",
+)
+# The outbox's backlog is the database's, the same for every process: the value of the process
+# that read it last is the one to show.
+OUTBOX_PENDING = Gauge(
+    "outbox_pending_messages",
+    "Notifications not delivered yet (due or backing off), read at scrape time.",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_FAILED = Gauge(
+    "outbox_failed_messages",
+    "Notifications FAILED for good, waiting for `services.worker requeue-failed`.",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_OLDEST_PENDING_AGE = Gauge(
+    "outbox_oldest_pending_age_seconds",
+    "Age of the oldest pending notification (0 when none), read at scrape time.",
+    multiprocess_mode="mostrecent",
 )
 
 logger = logging.getLogger(__name__)
@@ -133,8 +154,57 @@ def _multiprocess_ready(folder: Path) -> bool:
     return False
 
 
+class OutboxGauges:
+    """Reads the outbox backlog into its gauges when /metrics is scraped: at most once per
+    `interval` and one read at a time per process, so scraping /metrics often (it needs no
+    credentials) cannot turn into a stream of table scans; bounded by `timeout`, so a database
+    that is down or slow costs a scrape that much at most, and then a warning and the last
+    values rather than an error."""
+
+    def __init__(self, *, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._last_read: float | None = None
+        self._reading = False
+
+    async def refresh(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        now = time.monotonic()
+        if self._reading or (self._last_read is not None and now - self._last_read < self.interval):
+            return
+        self._reading, self._last_read = True, now
+        try:
+            async with asyncio.timeout(self.timeout), session_factory() as session:
+                backlog = await outbox.backlog(session)
+        except Exception as error:  # the metrics of the edge must outlive the database
+            logger.warning(
+                "outbox backlog not read (%s): its gauges keep their last values",
+                type(error).__name__,
+            )
+            return
+        finally:
+            self._reading = False
+        OUTBOX_PENDING.set(backlog.pending)
+        OUTBOX_FAILED.set(backlog.failed)
+        OUTBOX_OLDEST_PENDING_AGE.set(backlog.oldest_pending_age_seconds)
+
+
+async def _refresh_outbox_gauges(state: Any) -> None:
+    session_factory = getattr(state, "session_factory", None)
+    if session_factory is None:  # outside the app's lifespan
+        return
+    gauges = getattr(state, "outbox_gauges", None)
+    if gauges is None:
+        settings = state.settings
+        gauges = state.outbox_gauges = OutboxGauges(
+            interval=settings.outbox_metrics_interval_seconds,
+            timeout=settings.readiness_timeout,
+        )
+    await gauges.refresh(session_factory)
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state = request.app.state
+    await _refresh_outbox_gauges(state)
     return metrics_response(
         getattr(state, "engine", None),
         multiprocess_dir=state.settings.prometheus_multiproc_dir,

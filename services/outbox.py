@@ -1,24 +1,32 @@
 """The transactional outbox: notifications written in the transaction of the change they
 announce, and delivered later, at least once, by `python -m services.worker`.
 
-Delivery claims due rows with `SELECT … FOR UPDATE SKIP LOCKED` and keeps them locked until
-their outcome is committed: concurrent workers never deliver the same row at once, and the row
-of a worker that dies mid-delivery is unlocked by PostgreSQL when its connection drops, for the
-next worker to deliver. A crash after sending but before the commit means a second delivery,
-so receivers deduplicate on the notification id (sent as the `Idempotency-Key` header).
+Delivery first claims due rows in a transaction of its own (`FOR UPDATE SKIP LOCKED`, so
+concurrent workers never claim the same row): the claim counts the attempt and leases the row
+(`next_attempt_at = now() + lease`), and is committed before anything is sent. A worker killed
+mid-delivery has therefore used up an attempt, and its row is retried once the lease runs out,
+by any worker; after the last allowed attempt it is `FAILED` like any other failure. Each outcome
+is then committed on its own, fenced by the attempt it reports, so a late answer never
+overwrites the outcome of a newer attempt. A crash after sending but before recording means a
+second delivery, so receivers deduplicate on the notification id (the `Idempotency-Key`).
+
+`FAILED` rows stay until an operator re-drives them (`requeue_failed`, behind
+`python -m services.worker requeue-failed`); `backlog` gives the numbers to alert on.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.correlation import correlation_id_var, current_correlation_id
 from db.models import Notification, NotificationStatus
+from db.transactions import run_in_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -98,72 +106,148 @@ class RetryPolicy:
         return timedelta(seconds=min(seconds, self.backoff_max_seconds))
 
 
-async def deliver_due(
-    session: AsyncSession, sender: Sender, *, batch_size: int, policy: RetryPolicy
-) -> int:
-    """Deliver up to `batch_size` due notifications in the caller's transaction and record each
-    outcome; returns how many rows were claimed. Rows locked by another worker are skipped."""
-    claimed = await session.execute(
-        select(
+def _due() -> tuple[ColumnElement[bool], ...]:
+    return (
+        Notification.status == NotificationStatus.PENDING,
+        Notification.next_attempt_at <= func.now(),
+    )
+
+
+async def fail_exhausted(session: AsyncSession, *, max_attempts: int) -> int:
+    """Mark `FAILED` the due rows whose last allowed attempt never reported back (its worker
+    was killed, or lost the database): without this a notification that kills its worker
+    would be retried forever, one lease apart. Returns how many."""
+    exhausted = (
+        select(Notification.id)
+        .where(*_due(), Notification.attempts >= max_attempts)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.id.in_(exhausted.scalar_subquery()))
+        .values(
+            status=NotificationStatus.FAILED,
+            last_error=func.concat(
+                "attempt ",
+                Notification.attempts,
+                " never finished (worker killed or lease expired)",
+            ),
+        )
+        .returning(Notification.id, Notification.kind, Notification.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    rows = result.all()
+    for row in rows:
+        logger.error(
+            "notification %d %s failed for good: attempt %d never finished",
+            row.id,
+            row.kind,
+            row.attempts,
+        )
+    return len(rows)
+
+
+async def claim_due(
+    session: AsyncSession, *, batch_size: int, lease: timedelta
+) -> list[OutboxMessage]:
+    """Claim up to `batch_size` due rows, oldest due first: count their attempt and lease them
+    for `lease`. Rows locked by another worker's claim are skipped. The caller commits before
+    sending, so the attempt is counted even if the delivery never returns."""
+    due = (
+        select(Notification.id, Notification.next_attempt_at)
+        .where(*_due())
+        .order_by(Notification.next_attempt_at, Notification.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.id == due.c.id)
+        .values(attempts=Notification.attempts + 1, next_attempt_at=func.now() + lease)
+        .returning(
             Notification.id,
             Notification.kind,
             Notification.payload,
             Notification.correlation_id,
             Notification.attempts,
+            due.c.next_attempt_at.label("was_due_at"),
         )
-        .where(
-            Notification.status == NotificationStatus.PENDING,
-            Notification.next_attempt_at <= func.now(),
-        )
-        .order_by(Notification.next_attempt_at, Notification.id)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True)
+        .execution_options(synchronize_session=False)
     )
-    rows = claimed.all()
-    for row in rows:
-        message = OutboxMessage(
+    rows = sorted(result.all(), key=lambda row: (row.was_due_at, row.id))  # RETURNING: any order
+    return [
+        OutboxMessage(
             id=row.id,
             kind=row.kind,
             payload=row.payload,
             correlation_id=row.correlation_id,
-            attempt=row.attempts + 1,
+            attempt=row.attempts,
         )
-        await _deliver_one(session, sender, message, policy)
-    return len(rows)
+        for row in rows
+    ]
 
 
-async def _deliver_one(
-    session: AsyncSession, sender: Sender, message: OutboxMessage, policy: RetryPolicy
-) -> None:
-    token = correlation_id_var.set(message.correlation_id)
-    try:
-        try:
-            await sender.send(message)
-        except Exception as error:  # every failure of a sender is a failed attempt, recorded
-            await _record_failure(session, message, policy, error)
-        else:
-            await session.execute(
-                update(Notification)
-                .where(Notification.id == message.id)
-                .values(
-                    status=NotificationStatus.DELIVERED,
-                    attempts=message.attempt,
-                    delivered_at=func.now(),
-                    last_error=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
-    finally:
-        correlation_id_var.reset(token)
+async def release(session: AsyncSession, messages: list[OutboxMessage]) -> None:
+    """Give back claimed rows that were never sent: their attempt uncounted, due right away
+    (unless a newer claim has taken them since)."""
+    await session.execute(
+        update(Notification)
+        .where(
+            tuple_(Notification.id, Notification.attempts).in_(
+                [(message.id, message.attempt) for message in messages]
+            ),
+            Notification.status == NotificationStatus.PENDING,
+        )
+        .values(attempts=Notification.attempts - 1, next_attempt_at=func.now())
+        .execution_options(synchronize_session=False)
+    )
 
 
-async def _record_failure(
+async def record_delivered(session: AsyncSession, message: OutboxMessage) -> None:
+    """A successful send is a fact whatever happened meanwhile: the row is `DELIVERED` even if
+    its lease ran out and another attempt (or the last one's exhaustion) overtook this one."""
+    await session.execute(
+        update(Notification)
+        .where(
+            Notification.id == message.id,
+            Notification.status != NotificationStatus.DELIVERED,
+        )
+        .values(status=NotificationStatus.DELIVERED, delivered_at=func.now(), last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def record_failure(
     session: AsyncSession, message: OutboxMessage, policy: RetryPolicy, error: Exception
 ) -> None:
+    """Back off, or `FAILED` after the last attempt, unless a newer attempt has claimed the row
+    since (its lease ran out): that attempt's outcome is the one to record."""
     description = f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
-    values: dict[str, Any] = {"attempts": message.attempt, "last_error": description}
+    values: dict[str, Any] = {"last_error": description}
     if message.attempt >= policy.max_attempts:
         values["status"] = NotificationStatus.FAILED
+    else:
+        values["next_attempt_at"] = func.now() + policy.delay_after(message.attempt)
+    result = await session.execute(
+        update(Notification)
+        .where(
+            Notification.id == message.id,
+            Notification.status == NotificationStatus.PENDING,
+            Notification.attempts == message.attempt,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        logger.warning(
+            "notification %d %s: attempt %d failed after its lease was overtaken: %s",
+            message.id,
+            message.kind,
+            message.attempt,
+            description,
+        )
+    elif message.attempt >= policy.max_attempts:
         logger.error(
             "notification %d %s failed for good after %d attempts: %s",
             message.id,
@@ -172,19 +256,176 @@ async def _record_failure(
             description,
         )
     else:
-        delay = policy.delay_after(message.attempt)
-        values["next_attempt_at"] = func.now() + delay
         logger.warning(
             "notification %d %s failed (attempt %d), retry in %ss: %s",
             message.id,
             message.kind,
             message.attempt,
-            delay.total_seconds(),
+            policy.delay_after(message.attempt).total_seconds(),
             description,
         )
-    await session.execute(
+
+
+async def deliver_due(
+    session_factory: async_sessionmaker[AsyncSession],
+    sender: Sender,
+    *,
+    batch_size: int,
+    policy: RetryPolicy,
+    lease: timedelta,
+    transaction_attempts: int,
+) -> int:
+    """Claim a batch (committed), send each message, and commit each outcome on its own;
+    returns how many rows were claimed. No transaction or connection is held while sending.
+    Messages still unsent when half the lease is gone are released rather than sent late,
+    so a slow receiver does not let another worker claim rows this one is about to send (the
+    first is always sent: a batch makes progress however short the lease)."""
+    async with session_factory() as session:
+        claimed_at = time.monotonic()
+        messages = await run_in_transaction(
+            session,
+            lambda s: _claim(s, batch_size=batch_size, lease=lease, policy=policy),
+            attempts=transaction_attempts,
+        )
+        for index, message in enumerate(messages):
+            if index and time.monotonic() - claimed_at > lease.total_seconds() / 2:
+                await _release_rest(session, messages[index:], attempts=transaction_attempts)
+                break
+            await _deliver_one(session, sender, message, policy, attempts=transaction_attempts)
+    return len(messages)
+
+
+async def _claim(
+    session: AsyncSession, *, batch_size: int, lease: timedelta, policy: RetryPolicy
+) -> list[OutboxMessage]:
+    await fail_exhausted(session, max_attempts=policy.max_attempts)
+    return await claim_due(session, batch_size=batch_size, lease=lease)
+
+
+async def _release_rest(
+    session: AsyncSession, messages: list[OutboxMessage], *, attempts: int
+) -> None:
+    logger.warning(
+        "%d claimed notifications released unsent: half their lease is gone", len(messages)
+    )
+    await run_in_transaction(session, lambda s: release(s, messages), attempts=attempts)
+
+
+async def _deliver_one(
+    session: AsyncSession,
+    sender: Sender,
+    message: OutboxMessage,
+    policy: RetryPolicy,
+    *,
+    attempts: int,
+) -> None:
+    token = correlation_id_var.set(message.correlation_id)
+    try:
+        failure: Exception | None = None
+        try:
+            await sender.send(message)
+        except Exception as error:  # every failure of a sender is a failed attempt, recorded
+            failure = error
+        await run_in_transaction(
+            session,
+            lambda s: (
+                record_delivered(s, message)
+                if failure is None
+                else record_failure(s, message, policy, failure)
+            ),
+            attempts=attempts,
+        )
+    finally:
+        correlation_id_var.reset(token)
+
+
+def _failed_matching(
+    *, kind: str | None, older_than: timedelta | None, newer_than: timedelta | None
+) -> tuple[ColumnElement[bool], ...]:
+    """`FAILED` rows, narrowed by kind and by age (since the notification was written)."""
+    conditions: list[ColumnElement[bool]] = [Notification.status == NotificationStatus.FAILED]
+    if kind is not None:
+        conditions.append(Notification.kind == kind)
+    if older_than is not None:
+        conditions.append(Notification.created_at <= func.now() - older_than)
+    if newer_than is not None:
+        conditions.append(Notification.created_at > func.now() - newer_than)
+    return tuple(conditions)
+
+
+async def count_failed(
+    session: AsyncSession,
+    *,
+    kind: str | None = None,
+    older_than: timedelta | None = None,
+    newer_than: timedelta | None = None,
+) -> int:
+    """How many `FAILED` rows `requeue_failed` with the same filters would re-queue."""
+    conditions = _failed_matching(kind=kind, older_than=older_than, newer_than=newer_than)
+    count = await session.scalar(select(func.count()).select_from(Notification).where(*conditions))
+    return int(count or 0)
+
+
+async def requeue_failed(
+    session: AsyncSession,
+    *,
+    kind: str | None = None,
+    older_than: timedelta | None = None,
+    newer_than: timedelta | None = None,
+) -> int:
+    """Put `FAILED` notifications back in the queue after the outage that failed them: pending,
+    due now, with their attempts reset to 0 so they get the whole retry schedule again (with the
+    old count they would fail on their first new error). `last_error` is kept until the next
+    outcome. Returns how many were re-queued."""
+    conditions = _failed_matching(kind=kind, older_than=older_than, newer_than=newer_than)
+    result = await session.execute(
         update(Notification)
-        .where(Notification.id == message.id)
-        .values(**values)
+        .where(*conditions)
+        .values(status=NotificationStatus.PENDING, attempts=0, next_attempt_at=func.now())
         .execution_options(synchronize_session=False)
+    )
+    requeued = int(getattr(result, "rowcount", 0) or 0)
+    logger.info(
+        "%d failed notifications re-queued (kind %s, older than %s, newer than %s)",
+        requeued,
+        kind or "any",
+        older_than,
+        newer_than,
+    )
+    return requeued
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What to alert on: `pending` and its oldest age grow while deliveries fail or no worker
+    runs; `failed` rows wait for an operator to re-drive them."""
+
+    pending: int
+    failed: int
+    oldest_pending_age_seconds: float  # 0 when nothing is pending
+
+
+async def backlog(session: AsyncSession) -> Backlog:
+    """The outbox's backlog in one read-only statement (the pending part reads the partial
+    index of pending rows; counting `FAILED` rows scans the table)."""
+    pending = Notification.status == NotificationStatus.PENDING
+    row = (
+        await session.execute(
+            select(
+                select(func.count()).select_from(Notification).where(pending).scalar_subquery(),
+                select(func.count())
+                .select_from(Notification)
+                .where(Notification.status == NotificationStatus.FAILED)
+                .scalar_subquery(),
+                select(func.extract("epoch", func.now() - func.min(Notification.created_at)))
+                .where(pending)
+                .scalar_subquery(),
+            )
+        )
+    ).one()
+    pending_count, failed_count, oldest_age = row
+    return Backlog(
+        pending=int(pending_count),
+        failed=int(failed_count),
+        oldest_pending_age_seconds=max(float(oldest_age or 0), 0.0),
     )

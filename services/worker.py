@@ -3,13 +3,19 @@
 Run as many as you like, on any machine that reaches the database: rows are claimed with
 `FOR UPDATE SKIP LOCKED` and holds are expired by conditional UPDATEs, so workers never do the
 same delivery or give the same stock back twice. SIGINT/SIGTERM stop it after the current batch.
+
+`python -m services.worker requeue-failed [--kind K] [--older-than AGE] [--newer-than AGE]
+[--dry-run]` puts `FAILED` notifications back in the queue once their receiver is back.
 """
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,18 +43,16 @@ async def deliver_once(
     sender: outbox.Sender,
     settings: Settings,
 ) -> int:
-    """One batch of due notifications in one transaction; returns how many were claimed."""
-    async with session_factory() as session:
-        return await run_in_transaction(
-            session,
-            lambda s: outbox.deliver_due(
-                s,
-                sender,
-                batch_size=settings.outbox_batch_size,
-                policy=retry_policy(settings),
-            ),
-            attempts=settings.db_transaction_attempts,
-        )
+    """One batch of due notifications: claimed in one transaction, each outcome in its own;
+    returns how many were claimed."""
+    return await outbox.deliver_due(
+        session_factory,
+        sender,
+        batch_size=settings.outbox_batch_size,
+        policy=retry_policy(settings),
+        lease=timedelta(seconds=settings.outbox_lease_seconds),
+        transaction_attempts=settings.db_transaction_attempts,
+    )
 
 
 async def sweep_once(session_factory: async_sessionmaker[AsyncSession], settings: Settings) -> int:
@@ -133,8 +137,81 @@ async def run_worker(
         logger.info("worker stopped")
 
 
-def main() -> None:
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> timedelta:
+    """`90`, `90s`, `15m`, `1h`, `2d`: an age for the command line."""
+    match = _AGE.match(text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (e.g. 90s, 15m, 1h, 2d)")
+    return timedelta(seconds=float(match[1]) * _AGE_UNITS[match[2]])
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.worker",
+        description="Deliver the notification outbox and sweep expired holds (no command).",
+    )
+    commands = parser.add_subparsers(dest="command")
+    requeue = commands.add_parser(
+        "requeue-failed",
+        help="put FAILED notifications back in the queue, with a fresh retry schedule",
+        description="FAILED notifications back to pending, due now, attempts reset to 0. "
+        "Ages count from when the notification was written.",
+    )
+    requeue.add_argument("--kind", help="only this kind (e.g. order.created)")
+    requeue.add_argument("--older-than", type=parse_age, metavar="AGE", help="e.g. 1h")
+    requeue.add_argument("--newer-than", type=parse_age, metavar="AGE", help="e.g. 2d")
+    requeue.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    return parser.parse_args(argv)
+
+
+async def requeue_failed(
+    settings: Settings,
+    *,
+    kind: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+    dry_run: bool,
+) -> int:
+    """The `requeue-failed` command: how many matched (and, unless a dry run, were re-queued)."""
+    url = resolve_database_url(settings.database_url, settings.data_dir)
+    engine = create_db_engine(url, settings)
+    work = outbox.count_failed if dry_run else outbox.requeue_failed
+    try:
+        async with create_session_factory(engine)() as session:
+            return await run_in_transaction(
+                session,
+                lambda s: work(s, kind=kind, older_than=older_than, newer_than=newer_than),
+                attempts=settings.db_transaction_attempts,
+            )
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = _arguments(argv)
     settings = get_settings()
+    if arguments.command == "requeue-failed":
+        count = asyncio.run(
+            requeue_failed(
+                settings,
+                kind=arguments.kind,
+                older_than=arguments.older_than,
+                newer_than=arguments.newer_than,
+                dry_run=arguments.dry_run,
+            )
+        )
+        verb = "would be re-queued (dry run)" if arguments.dry_run else "re-queued"
+        print(f"{count} failed notifications {verb}")
+        return
+    run(settings)
+
+
+def run(settings: Settings) -> None:
+    """The worker until SIGINT/SIGTERM."""
     if settings.is_production and not settings.webhook_url:
         # The logging sender marks every notification DELIVERED: in production a missing
         # WEBHOOK_URL would silently lose them all.
@@ -142,15 +219,25 @@ def main() -> None:
     # The service's JSON lines, each with the correlation ID of the delivery in progress.
     configure_logging(settings.log_level, json=settings.log_json)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if (
+        settings.webhook_url
+        and settings.outbox_lease_seconds < 2 * settings.webhook_timeout_seconds
+    ):
+        logger.warning(
+            "OUTBOX_LEASE_SECONDS (%s) under twice WEBHOOK_TIMEOUT_SECONDS (%s): a slow delivery "
+            "may be retried by another worker while it is still running",
+            settings.outbox_lease_seconds,
+            settings.webhook_timeout_seconds,
+        )
 
-    async def run() -> None:
+    async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await run_worker(settings, stop=stop)
 
-    asyncio.run(run())
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The outbox and its worker: written with the change, delivered once per claim by any number of
-workers, retried with backoff, and picked up by another worker when one dies mid-delivery."""
+workers, retried with backoff, and retried after the lease when a worker dies mid-delivery."""
 
 import asyncio
 import contextlib
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.correlation import correlation_id_var, current_correlation_id
@@ -218,27 +218,38 @@ class Webhook:
             await server.wait_closed()
 
 
-async def locked_by_someone(
+async def attempts_and_lease(
     session_factory: async_sessionmaker[AsyncSession], note_id: int
-) -> bool:
-    async with session_factory() as session, session.begin():
-        free = await session.scalar(
-            text("SELECT id FROM notifications WHERE id = :id FOR UPDATE SKIP LOCKED"),
-            {"id": note_id},
-        )
-        return free is None
+) -> tuple[NotificationStatus, int, float]:
+    """The row as another connection sees it: status, attempts, seconds until it is due."""
+    async with session_factory() as session:
+        row = (
+            await session.execute(
+                select(
+                    Notification.status,
+                    Notification.attempts,
+                    func.extract("epoch", Notification.next_attempt_at - func.now()),
+                ).where(Notification.id == note_id)
+            )
+        ).one()
+        return row[0], row[1], float(row[2])
 
 
-async def test_a_worker_killed_mid_delivery_leaves_the_row_to_another(
+async def test_a_worker_killed_mid_delivery_has_used_an_attempt_and_its_row_waits_for_the_lease(
     database_url: str, session_factory: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
+    """The attempt is counted, and committed, before the send: a worker killed with -9 while
+    its receiver hangs has used it up, and its row is retried by another worker once the lease
+    runs out (not right away, not never)."""
     (note_id,) = await add_notifications(session_factory, 1)
+    lease = 5.0
     async with Webhook().serve() as webhook:
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
             "WEBHOOK_URL": webhook.url,
             "WEBHOOK_TIMEOUT_SECONDS": "300",
+            "OUTBOX_LEASE_SECONDS": str(lease),
             "OUTBOX_POLL_INTERVAL_SECONDS": "0.1",
             "HOLD_SWEEP_INTERVAL_SECONDS": "60",
             "ENVIRONMENT": "test",
@@ -255,8 +266,10 @@ async def test_a_worker_killed_mid_delivery_leaves_the_row_to_another(
         )
         try:
             await asyncio.wait_for(webhook.received.wait(), timeout=60)
-            # The worker is inside the delivery, holding the row lock.
-            assert await locked_by_someone(session_factory, note_id)
+            # The worker is inside the delivery; its claim is committed, with the attempt.
+            status, attempts, due_in = await attempts_and_lease(session_factory, note_id)
+            assert (status, attempts) == (NotificationStatus.PENDING, 1)
+            assert 0 < due_in <= lease
         finally:
             worker.kill()  # SIGKILL: no cleanup, no commit, no rollback from the worker
             await worker.wait()
@@ -268,18 +281,19 @@ async def test_a_worker_killed_mid_delivery_leaves_the_row_to_another(
         assert headers["idempotency-key"] == f"notification-{note_id}"
         assert headers["x-correlation-id"] == "corr-0"
 
-        # PostgreSQL ends the dead worker's transaction when its connection drops; another
-        # worker then delivers the row, which the first one never marked.
+        # Another worker leaves the row alone while the lease lasts, then delivers it: the
+        # second attempt.
         webhook.hang = False
-        settings = Settings(webhook_url=webhook.url)
+        settings = Settings(webhook_url=webhook.url, outbox_lease_seconds=lease)
         async with httpx.AsyncClient(timeout=10) as client:
             sender = WebhookSender(client, webhook.url)
+            assert await deliver_once(session_factory, sender, settings) == 0
             for _ in range(300):
                 if await deliver_once(session_factory, sender, settings):
                     break
                 await asyncio.sleep(0.1)
         (note,) = await notifications(session_factory)
-        assert (note.status, note.attempts) == (NotificationStatus.DELIVERED, 1)
+        assert (note.status, note.attempts) == (NotificationStatus.DELIVERED, 2)
         assert [body["id"] for _, body in webhook.requests] == [note_id, note_id]
     assert "worker started (sender: WebhookSender)" in (tmp_path / "worker.log").read_text()
 
