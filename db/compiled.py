@@ -1,7 +1,7 @@
 """SQLAlchemy statements compiled once to PostgreSQL text, run on the session's asyncpg
 connection. For hot read paths: SQLAlchemy stays where the SQL is written (and where the rules
 live), while each call skips statement construction, cache-key generation and result
-processing, which cost more than the query itself for small keyed reads (DESIGN §7)."""
+processing, which cost more than the query itself for small keyed reads (docs/execution.md)."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass

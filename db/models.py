@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models for every entity of the booking domain (DESIGN §2).
+"""SQLAlchemy 2 typed models for every entity of the booking domain (docs/data-model.md).
 
 Relationships are `lazy="raise"`: reads go through explicit loaders, so an accidental lazy
 load fails loudly instead of quietly becoming an N+1.

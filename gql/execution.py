@@ -2,7 +2,7 @@
 
 graphql-core completes every field of every object through the same general machinery (resolve
 info, awaitable checks, error paths), which dominates the cost of a list of orders with items
-and products (DESIGN §7). Below a root field, our objects are plain: scalar attributes, and
+and products (docs/execution.md). Below a root field, our objects are plain: scalar attributes, and
 relations that `gql.prefetch` attached for the whole level. For such selections a plan is
 compiled once per (type, field nodes) and then applied as straight attribute reads.
 

@@ -2,9 +2,10 @@
 and run (`gql.prepared`), executed straight from the ASGI call.
 
 On the full path, FastAPI's routing and dependency solving and Strawberry's HTTP view and
-extension runner cost about as much CPU as executing an order history (measured with py-spy:
-DESIGN §7). Here the same steps are taken directly: the same viewer lookup, rate limits,
-compiled executor, error codes, metrics and response shapes; only their plumbing is skipped.
+extension runner cost about as much CPU as executing an order history (measured with py-spy;
+see docs/request-pipeline.md). Here the same steps are taken directly: the same viewer lookup,
+rate limits, compiled executor, error codes, metrics and response shapes; only their plumbing
+is skipped.
 The lane sits inside the edge middleware (correlation ID, error shield, body limit, CORS), so
 those apply to it unchanged.
 

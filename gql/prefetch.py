@@ -1,5 +1,5 @@
 """Load a whole level's relations in one batched step per type, so that nested fields of a list
-are plain attributes instead of one awaitable per object (see DESIGN §7)."""
+are plain attributes instead of one awaitable per object (see docs/execution.md)."""
 
 from gql.context import Context
 from gql.loaders import ItemsByOrderIdLoader, ProductByIdLoader, UserByIdLoader

@@ -16,7 +16,7 @@ _new = object.__new__
 def instance(cls: type[T], fields: dict[str, Any]) -> T:
     """An instance of a Strawberry type from values already of the right types, without the
     dataclass `__init__`: its keyword per field is a visible share of completing a list of
-    orders (DESIGN §7). Fields left out read the class's defaults."""
+    orders (docs/execution.md). Fields left out read the class's defaults."""
     obj = _new(cls)
     obj.__dict__ = fields
     return obj
