@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # the text, so its size bounds their memory).
     max_query_bytes: int = Field(default=65536, ge=1)
     max_query_cost: int = Field(default=5000, ge=1)
+    # Bounds on what validation itself costs, checked before graphql-core's rules run: the
+    # selections of an operation with its fragments expanded, and the pairs of selections
+    # the spec's merge check (OverlappingFieldsCanBeMerged) compares, a quadratic count.
+    max_query_selections: int = Field(default=1000, ge=1)
+    max_query_merge_pairs: int = Field(default=1000, ge=0)
     apq_ttl: int = Field(default=86400, ge=1)
     apq_cache_size: int = Field(default=1000, ge=1)
     # Allow-list mode: with a manifest (JSON of sha256 → query), only its queries may run.

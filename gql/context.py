@@ -41,6 +41,8 @@ class Context(BaseContext):
         self._db_lock = asyncio.Lock()
         self._closed = False
         self._loaders: dict[type[DataLoader], DataLoader] = {}
+        # What the `_entities` fields of each operation (by id) have cost so far (gql.federation).
+        self.entities_cost_spent: dict[int, int] = {}
 
     def loader(self, loader_class: type[LoaderT]) -> LoaderT:
         """The request's instance of `loader_class`, made on first use."""

@@ -1,7 +1,10 @@
-"""Query limits checked before execution: depth, aliases and estimated cost as a validation
-rule (so the verdict is cached with the rest of validation), tokens at parse time (so a huge
-document is not even parsed). Every refusal has the code QUERY_TOO_COMPLEX."""
+"""Query limits checked before execution: depth, aliases, estimated cost and the work of
+validation itself as a validation rule (so the verdict is cached with the rest of validation)
+that runs before graphql-core's own rules, tokens at parse time (so a huge document is not
+even parsed), and the cost of `_entities` representations when they are known, at execution.
+Every refusal has the code QUERY_TOO_COMPLEX."""
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -11,11 +14,11 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
-    GraphQLError,
     GraphQLInterfaceType,
     GraphQLNamedType,
     GraphQLObjectType,
     GraphQLSchema,
+    GraphQLUnionType,
     InlineFragmentNode,
     IntValueNode,
     OperationDefinitionNode,
@@ -23,6 +26,8 @@ from graphql import (
     ValidationRule,
     get_named_type,
 )
+from graphql.validation.validate import ValidationAbortedError
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from core.settings import Settings
 from gql.errors import QUERY_TOO_COMPLEX
@@ -37,6 +42,18 @@ class QueryLimits:
     max_cost: int
     default_page_size: int
     max_page_size: int
+    max_selections: int = 1000
+    max_merge_pairs: int = 1000
+
+
+class QueryTooComplex(ValidationAbortedError):
+    """A limit refusal that ends validation at once: graphql-core's `validate` stops its
+    visit on this error class and returns it as the last error (`ValidationAbortedError` is
+    how its own rules abort), so the rules that come after, OverlappingFieldsCanBeMerged
+    among them, never see a document refused here."""
+
+    def __init__(self, message: str, node: Any = None) -> None:
+        super().__init__(message, node, extensions={"code": QUERY_TOO_COMPLEX})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,19 +145,101 @@ class _Measurer:
         return measure
 
 
+# A level of the merged operation: its selection sets, each with the fragments being expanded
+# around it (a spread of one of those would be a cycle).
+_Level = list[tuple[SelectionSetNode, frozenset[str]]]
+
+
+def merge_work_refusal(
+    operation: OperationDefinitionNode,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    limits: QueryLimits,
+) -> str | None:
+    """Why the operation would cost validation too much, or None: one pass over it with
+    fragments expanded where they are spread (a fragment inside itself is skipped: the cycle
+    is NoFragmentCyclesRule's to report), merging same-named fields level by level as the
+    executor does.
+
+    Two counts. Selections (fields, fragment spreads, inline fragments), every spread
+    expanded again, so the bound also holds for any code that walks the selections naively;
+    the pass stops as soon as it is over, so it costs at most that many steps. And merge
+    pairs: at one level, two selections of the same response name, or two fragment spreads,
+    are a pair the spec's FieldsInSetCanMerge check compares, which makes that check
+    quadratic (`me { id } me { id }` … 300 times: 89,700 pairs over two levels)."""
+    budget = limits.max_selections
+    pairs = 0
+    name = operation.name.value if operation.name else "the operation"
+    levels: list[_Level] = [[(operation.selection_set, frozenset())]]
+    while levels:
+        pending = levels.pop()
+        children: dict[str, _Level] = {}
+        occurrences: dict[str, int] = {}
+        spreads = 0
+        while pending:
+            selection_set, expanding = pending.pop()
+            budget -= len(selection_set.selections)
+            if budget < 0:
+                return (
+                    f"{name} has more than {limits.max_selections} selections (fields and "
+                    "fragments, a fragment counted each time it is spread)"
+                )
+            for selection in selection_set.selections:
+                if isinstance(selection, FieldNode):
+                    key = (selection.alias or selection.name).value
+                    occurrences[key] = occurrences.get(key, 0) + 1
+                    if selection.selection_set is not None:
+                        children.setdefault(key, []).append((selection.selection_set, expanding))
+                elif isinstance(selection, InlineFragmentNode):
+                    pending.append((selection.selection_set, expanding))
+                elif isinstance(selection, FragmentSpreadNode):
+                    spreads += 1
+                    fragment = fragments.get(selection.name.value)
+                    if fragment is not None and fragment.name.value not in expanding:
+                        pending.append((fragment.selection_set, expanding | {fragment.name.value}))
+        # Same-named fields pairwise, and every two fragment spreads.
+        pairs += sum(count * (count - 1) // 2 for count in occurrences.values())
+        pairs += spreads * (spreads - 1) // 2
+        if pairs > limits.max_merge_pairs:
+            return (
+                f"{name} repeats selections too often: validation would compare more than "
+                f"{limits.max_merge_pairs} pairs of same-named fields or of fragments at one "
+                "level (the executor merges them anyway: select each field once)"
+            )
+        levels.extend(children.values())
+    return None
+
+
 @lru_cache(maxsize=16)
 def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
     """One rule class per set of limits, made once: the validation cache is keyed by the rule
     classes, so a fresh class per request would defeat it."""
 
     class QueryLimitsRule(ValidationRule):
+        """Placed first among the rules (see gql.extensions); its whole work is done on
+        entering the document, before any other rule has visited a selection, and a refusal
+        aborts validation (QueryTooComplex) so that no other rule runs on that document."""
+
         def enter_document(self, node: DocumentNode, *_args: Any) -> None:
             measurer = _Measurer(self.context.schema, node, limits)
+            refusals: list[tuple[str, OperationDefinitionNode]] = []
             for definition in node.definitions:
                 if isinstance(definition, OperationDefinitionNode):
-                    self.check(definition, measurer.operation(definition))
+                    # The selection and merge counts first: they bound every later walk.
+                    refusal = merge_work_refusal(definition, measurer.fragments, limits)
+                    if refusal is not None:
+                        refusals.append((refusal, definition))
+                        continue
+                    refusals.extend(
+                        (message, definition)
+                        for message in self.refusals(definition, measurer.operation(definition))
+                    )
+            if refusals:
+                *reported, (message, operation) = refusals
+                for earlier, earlier_operation in reported:
+                    self.report_error(QueryTooComplex(earlier, earlier_operation))
+                raise QueryTooComplex(message, operation)
 
-        def check(self, operation: OperationDefinitionNode, measure: Measure) -> None:
+        def refusals(self, operation: OperationDefinitionNode, measure: Measure) -> list[str]:
             name = operation.name.value if operation.name else "the operation"
             refusals = []
             if measure.depth > limits.max_depth:
@@ -156,10 +255,7 @@ def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
                     f"{name} has an estimated cost of {measure.cost}; the maximum is "
                     f"{limits.max_cost} (a list field costs its `first` times its selection)"
                 )
-            for message in refusals:
-                self.report_error(
-                    GraphQLError(message, operation, extensions={"code": QUERY_TOO_COMPLEX})
-                )
+            return refusals
 
     return QueryLimitsRule
 
@@ -173,14 +269,104 @@ def query_limits_rule_for(settings: Settings) -> type[ValidationRule]:
     cached = _rules_by_settings.get(id(settings))
     if cached is not None and cached[0] is settings:
         return cached[1]
-    rule = query_limits_rule(
-        QueryLimits(
-            max_depth=settings.max_query_depth,
-            max_aliases=settings.max_query_aliases,
-            max_cost=settings.max_query_cost,
-            default_page_size=settings.default_page_size,
-            max_page_size=settings.max_page_size,
-        )
-    )
+    rule = query_limits_rule(query_limits_of(settings))
     _rules_by_settings[id(settings)] = (settings, rule)
     return rule
+
+
+def query_limits_of(settings: Settings) -> QueryLimits:
+    return QueryLimits(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_query_aliases,
+        max_cost=settings.max_query_cost,
+        default_page_size=settings.default_page_size,
+        max_page_size=settings.max_page_size,
+        max_selections=settings.max_query_selections,
+        max_merge_pairs=settings.max_query_merge_pairs,
+    )
+
+
+# --- `_entities`: costed at execution, where its representations are known ------------------
+
+
+def entities_cost(
+    schema: GraphQLSchema,
+    selected: Iterable[Selection],
+    type_names: Iterable[str | None],
+    limits: QueryLimits,
+) -> int:
+    """The estimated cost of an `_entities` field (`selected`: Strawberry's selections of it)
+    for representations of these `__typename`s: like a list field, 1 plus each item, where a
+    representation costs 1 (its lookup) plus the selection on its own type (only the inline
+    fragments and fragments that apply to that type). The selections were bounded by
+    `max_selections` at validation, so walking them is cheap."""
+    selections = [
+        inner
+        for field in selected
+        if isinstance(field, SelectedField)
+        for inner in field.selections
+    ]
+    per_type: dict[str | None, int] = {}
+    total = 1
+    for type_name in type_names:
+        cost = per_type.get(type_name)
+        if cost is None:
+            entity = schema.get_type(type_name) if type_name is not None else None
+            cost = 1
+            if isinstance(entity, GraphQLObjectType):
+                cost += _selections_cost(schema, selections, entity, entity, limits)
+            per_type[type_name] = cost
+        total += cost
+    return total
+
+
+def _selections_cost(
+    schema: GraphQLSchema,
+    selections: Iterable[Selection],
+    parent: GraphQLNamedType | None,
+    runtime: GraphQLObjectType | None,
+    limits: QueryLimits,
+) -> int:
+    """The cost rule's formula (as `_Measurer`), on Strawberry's selections, whose arguments
+    hold the request's values. With `runtime`, fragments are counted only if they apply to
+    that object type (the level of an `_entities` item)."""
+    cost = 0
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == "__typename":
+                continue
+            field_def = None
+            if isinstance(parent, (GraphQLObjectType, GraphQLInterfaceType)):
+                field_def = parent.fields.get(selection.name)
+            child_type = get_named_type(field_def.type) if field_def is not None else None
+            child = _selections_cost(schema, selection.selections, child_type, None, limits)
+            multiplier = 1
+            if field_def is not None and PAGE_ARGUMENT in field_def.args:
+                multiplier = _page_size(selection.arguments.get(PAGE_ARGUMENT), limits)
+            cost += 1 + multiplier * child
+        elif isinstance(selection, (InlineFragment, FragmentSpread)):
+            condition = selection.type_condition
+            type_ = schema.get_type(condition) if condition else parent
+            if runtime is not None and not _applies(schema, type_, runtime):
+                continue
+            cost += _selections_cost(schema, selection.selections, type_, runtime, limits)
+    return cost
+
+
+def _page_size(value: object, limits: QueryLimits) -> int:
+    if value is None:
+        return limits.default_page_size
+    if isinstance(value, int):
+        # Beyond the maximum the field refuses the page (and loads nothing).
+        return max(0, min(value, limits.max_page_size))
+    return limits.max_page_size
+
+
+def _applies(
+    schema: GraphQLSchema, condition: GraphQLNamedType | None, runtime: GraphQLObjectType
+) -> bool:
+    if condition is None or condition is runtime:
+        return True
+    if isinstance(condition, (GraphQLInterfaceType, GraphQLUnionType)):
+        return schema.is_sub_type(condition, runtime)
+    return False
