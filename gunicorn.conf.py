@@ -28,6 +28,10 @@ preload_app = False
 # gunicorn's runtime control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl),
 # which two instances on one host would fight over; off unless an operator wants it.
 control_socket_disable = True
+# X-Forwarded-For/-Proto are believed only from TRUSTED_PROXIES, by the app itself: the worker
+# turns uvicorn's proxy headers off (gql/worker.py), and this (default: loopback, or the
+# FORWARDED_ALLOW_IPS variable) trusts no one should another worker class be swapped in.
+forwarded_allow_ips = ""
 
 timeout = _settings.worker_timeout
 graceful_timeout = _settings.graceful_timeout
@@ -95,6 +99,12 @@ if _settings.prometheus_multiproc_dir:
 
 def on_starting(server: Any) -> None:
     """Refuse configurations that would misbehave in production, before any worker starts."""
+    problems = _settings.production_problems()
+    if problems:
+        raise SystemExit(
+            "gunicorn.conf.py: ENVIRONMENT=production refuses to start:\n"
+            + "\n".join(f"- {problem}" for problem in problems)
+        )
     if not _settings.database_url:
         raise SystemExit(
             "gunicorn.conf.py: DATABASE_URL is not set. The embedded PostgreSQL is for "

@@ -98,6 +98,8 @@ def _gunicorn_env(database_url: str, port: int, workers: int) -> dict[str, str]:
                 f'{{"createOrder": "{HIGH_LIMIT}", "cancelOrder": "{HIGH_LIMIT}", '
                 f'"reserveProduct": "{HIGH_LIMIT}", "releaseReservation": "{HIGH_LIMIT}"}}'
             ),
+            # Production refuses to start with Redis but no explicit choice.
+            "RATE_LIMIT_FAIL_OPEN": "true",
         }
     )
     if redis_reachable():

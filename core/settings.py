@@ -198,6 +198,32 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         return self.environment == "production"
 
+    def production_problems(self) -> list[str]:
+        """Why these settings must not serve production (none outside it): switches that
+        leave the API unprotected, refused at start (gunicorn.conf.py's on_starting and
+        create_app) rather than found out in an incident. Each names its variable."""
+        if not self.is_production:
+            return []
+        problems = []
+        if not self.rate_limit_enabled:
+            problems.append(
+                "RATE_LIMIT_ENABLED=false: nothing would stop one client from taking the "
+                "service (raise RATE_LIMIT_DEFAULT instead of switching limits off)"
+            )
+        elif self.redis_url and "rate_limit_fail_open" not in self.model_fields_set:
+            problems.append(
+                "RATE_LIMIT_FAIL_OPEN is not set: while Redis is down requests would go "
+                "through unlimited without anyone having chosen so; set it to true (let them "
+                "through, counted in rate_limit_unchecked_total) or false (answer 503)"
+            )
+        everyone = [str(network) for network in self.trusted_proxies if network.prefixlen == 0]
+        if everyone:
+            problems.append(
+                f"TRUSTED_PROXIES trusts every address ({', '.join(everyone)}): any client "
+                "could name its own address in X-Forwarded-For and so its rate-limit bucket"
+            )
+        return problems
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -315,6 +315,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=settings.seed)
     parser.add_argument("--reset", action="store_true", help="empty the tables first")
     args = parser.parse_args()
+    if settings.is_production:
+        # Demo users get tokens derived from the seed (the README prints the admin's): seeded
+        # into production, they would be an admin account anyone can use.
+        raise SystemExit(
+            "db.seed: refusing to seed demo data with ENVIRONMENT=production: its users' API "
+            "tokens (an admin's among them) are derivable from the seed and published"
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     url = resolve_database_url(settings.database_url, settings.data_dir)
     upgrade_to_head(url)

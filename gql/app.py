@@ -38,6 +38,9 @@ def create_app(
     `configure_logs` makes its startup install the JSON log handler (for a served app, not for
     one inside a test run)."""
     settings = settings or get_settings()
+    problems = settings.production_problems()
+    if problems:
+        raise RuntimeError("ENVIRONMENT=production refuses to start: " + "; ".join(problems))
     redis = create_redis(settings)
     circuit = RedisCircuit(settings.redis_retry_interval)
     manifest = (
@@ -69,6 +72,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # No redirect from `/graphql/` to `/graphql`: Starlette builds its URL from the scheme
+        # and Host the server saw, `http` behind a TLS proxy (proxy headers are off, see
+        # gql/worker.py); the app builds no URL from them anywhere else.
+        redirect_slashes=False,
     )
     edge = Edge(
         settings=settings,

@@ -12,6 +12,7 @@ from db.embedded import resolve_database_url
 from db.engine import create_db_engine
 from db.migrate import upgrade_to_head
 from db.seed import demo_users, seed_database
+from gql.access_log import redact_uvicorn_access_log
 from gql.app import create_app
 
 
@@ -50,12 +51,16 @@ def main() -> None:
             role = "admin   " if user.is_admin else "customer"
             print(f"  {role} {user.email:<36} {user.token}")
     print(flush=True)
+    redact_uvicorn_access_log()  # GET carries GraphQL variables in the query string
     uvicorn.run(
         create_app(settings, database_url=url),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's loggers go through our JSON handler
+        # X-Forwarded-For is believed only from TRUSTED_PROXIES, by the app (gql.ratelimit):
+        # uvicorn's own handling would believe it from loopback, whatever that setting says.
+        proxy_headers=False,
     )
 
 

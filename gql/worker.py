@@ -13,6 +13,9 @@ from typing import Any
 from gunicorn.glogging import Logger, SafeAtoms
 from uvicorn_worker import UvicornWorker
 
+from core.settings import get_settings
+from gql.access_log import redact_query_string, redact_target
+
 GC_YOUNG_THRESHOLD = 5000
 
 Scope = MutableMapping[str, Any]
@@ -20,6 +23,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The client's address from the TCP peer and the X-Forwarded-For headers (gql.ratelimit's
+# client_ip with TRUSTED_PROXIES bound).
+RemoteAddr = Callable[[str | None, list[str]], str]
 
 
 class JsonAtoms(SafeAtoms):
@@ -68,11 +74,13 @@ class AccessLogMiddleware:
 
     uvicorn's own access log has a fixed text format without headers; going through
     gunicorn's logger gives operators `access_log_format`, response headers such as
-    X-Correlation-ID included, and the usual `--access-logfile` / `logconfig_dict` plumbing."""
+    X-Correlation-ID included, and the usual `--access-logfile` / `logconfig_dict` plumbing.
+    The client's address is `remote_addr`'s (the rate limits' rule), else the TCP peer."""
 
-    def __init__(self, app: ASGIApp, log: Logger) -> None:
+    def __init__(self, app: ASGIApp, log: Logger, remote_addr: RemoteAddr | None = None) -> None:
         self.app = app
         self.log = log
+        self.remote_addr = remote_addr
         # With a logconfig_dict gunicorn reports access logs as enabled even when the access
         # logger is silenced (ACCESS_LOG=false): then skip the bookkeeping altogether.
         self.enabled = log.access_log_enabled and log.access_log.isEnabledFor(logging.INFO)
@@ -96,7 +104,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
-            self.log.access(response, _request_headers(scope), _environ(scope), elapsed)
+            environ = _environ(scope, self.remote_addr)
+            self.log.access(response, _request_headers(scope), environ, elapsed)
 
 
 def _request_headers(scope: Scope) -> list[tuple[str, str]]:
@@ -106,36 +115,73 @@ def _request_headers(scope: Scope) -> list[tuple[str, str]]:
     ]
 
 
-def _environ(scope: Scope) -> dict[str, str]:
-    """The WSGI-style environ keys that gunicorn's access-log atoms read."""
-    query = scope.get("query_string", b"").decode("latin-1")
+def _environ(scope: Scope, remote_addr: RemoteAddr | None = None) -> dict[str, str]:
+    """The WSGI-style environ keys that gunicorn's access-log atoms read. The query string
+    (alone and in the request line) and the Referer's are redacted (gql/access_log.py): GET
+    carries GraphQL variables there."""
+    query = redact_query_string(scope.get("query_string", b"").decode("latin-1"))
     path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
     client = scope.get("client")
+    peer = client[0] if client else None
+    if remote_addr is not None:
+        forwarded_for = [
+            value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name == b"x-forwarded-for"
+        ]
+        peer = remote_addr(peer, forwarded_for)
     environ = {
         "REQUEST_METHOD": scope.get("method", ""),
         "RAW_URI": f"{path}?{query}" if query else path,
         "PATH_INFO": scope.get("path", ""),
         "QUERY_STRING": query,
         "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
-        "REMOTE_ADDR": client[0] if client else "-",
+        "REMOTE_ADDR": peer or "-",
     }
     for name, value in scope.get("headers", ()):
-        if name in (b"user-agent", b"referer"):
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-            environ[key] = value.decode("latin-1")
+        if name == b"user-agent":
+            environ["HTTP_USER_AGENT"] = value.decode("latin-1")
+        elif name == b"referer":
+            environ["HTTP_REFERER"] = redact_target(value.decode("latin-1"))
     return environ
 
 
 class Worker(UvicornWorker):
     """uvicorn-worker pinned to uvloop and httptools (a missing one fails at boot rather than
-    silently falling back to the slower pure-Python pair), with access logs through gunicorn."""
+    silently falling back to the slower pure-Python pair), with access logs through gunicorn.
 
-    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "access_log": False}
+    uvicorn's proxy-header handling is off: on, it rewrites the client address (and scheme)
+    from X-Forwarded-For/-Proto of any peer in FORWARDED_ALLOW_IPS (loopback by default)
+    before the app runs, so a same-host proxy passing the client's header on would let clients
+    pick their rate-limit bucket whatever TRUSTED_PROXIES says. The app reads the header
+    itself, only from TRUSTED_PROXIES (gql.ratelimit.client_ip), and so does the access log."""
+
+    CONFIG_KWARGS = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "proxy_headers": False,
+    }
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[no-untyped-call]
-        self.wsgi = AccessLogMiddleware(self.wsgi, self.log)
+        self.wsgi = AccessLogMiddleware(self.wsgi, self.log, _remote_addr())
         _tune_garbage_collector()
+
+
+def _remote_addr() -> RemoteAddr | None:
+    """client_ip with TRUSTED_PROXIES bound; None without any (the peer it is, and no header
+    to read per request). Imported in the worker, after the fork: the master imports this
+    module too, and gql.ratelimit brings the app's metrics with it."""
+    trusted = get_settings().trusted_proxies
+    if not trusted:
+        return None
+    from gql.ratelimit import client_ip  # noqa: PLC0415
+
+    def remote_addr(peer: str | None, forwarded_for: list[str]) -> str:
+        return client_ip(peer, forwarded_for, trusted)
+
+    return remote_addr
 
 
 def _tune_garbage_collector() -> None:
