@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format seed clean schema assets gateway-packages browser bench
+.PHONY: install run test lint format seed clean schema assets gateway-packages browser bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -24,6 +24,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# The compiled executor against the reference one, on many more generated operations than
+# `make test` runs (docs/execution.md).
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_executor_differential.py -q $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

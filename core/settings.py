@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     max_requests_jitter: int = Field(default=1_000, ge=0)
     access_log: bool = True
 
+    # How reads complete their objects: "compiled" plans (gql/execution.py), or graphql-core's
+    # reference executor, which the compiled one must always agree with (docs/execution.md).
+    executor: Literal["compiled", "reference"] = "compiled"
+
     # API shape.
     max_page_size: int = Field(default=100, ge=1)
     default_page_size: int = Field(default=20, ge=1)

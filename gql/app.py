@@ -86,8 +86,14 @@ def create_app(
     app.state.redis = redis
     app.state.edge = edge
     OPERATION_NAMES.limit = settings.metrics_max_operation_names
-    # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
-    served_schema = build_schema(introspection=False) if settings.is_production else schema
+    # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`). The
+    # EXECUTOR setting is read here only; the fast lane runs the served schema's executor.
+    if settings.is_production or settings.executor != "compiled":
+        served_schema = build_schema(
+            introspection=not settings.is_production, executor=settings.executor
+        )
+    else:
+        served_schema = schema
     router = FastJSONGraphQLRouter(
         served_schema,
         path=GRAPHQL_PATH,

@@ -1,6 +1,6 @@
 """The Strawberry schema (an Apollo Federation v2 subgraph) with its execution extensions."""
 
-from typing import Any
+from typing import Any, Literal
 
 from graphql import GraphQLError
 from strawberry.extensions import DisableIntrospection, ParserCache, ValidationCache
@@ -27,8 +27,23 @@ class Schema(SubgraphSchema):
         log_unexpected(errors)
 
 
-def build_schema(*, introspection: bool = True, **overrides: Any) -> Schema:
-    overrides.setdefault("execution_context_class", CompiledExecutionContext)
+# The execution context class of each EXECUTOR: None is Strawberry's default, graphql-core's
+# reference executor.
+EXECUTION_CONTEXTS: dict[str, type[CompiledExecutionContext] | None] = {
+    "compiled": CompiledExecutionContext,
+    "reference": None,
+}
+
+
+def build_schema(
+    *,
+    introspection: bool = True,
+    executor: Literal["compiled", "reference"] = "compiled",
+    **overrides: Any,
+) -> Schema:
+    """The schema, completing objects with `executor` (the EXECUTOR setting, docs/execution.md)
+    unless `execution_context_class` is given."""
+    overrides.setdefault("execution_context_class", EXECUTION_CONTEXTS[executor])
     return Schema(
         query=Query,
         mutation=Mutation,

@@ -42,11 +42,22 @@ async def database_url(databases: DatabaseFactory) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings() -> Settings:
+def executor() -> str:
+    """The EXECUTOR of the `app` fixture's app. A test runs with each executor by
+    `@pytest.mark.parametrize("executor", EXECUTORS)`, which overrides this fixture."""
+    return "compiled"
+
+
+EXECUTORS = ["compiled", "reference"]
+
+
+@pytest.fixture
+def settings(executor: str) -> Settings:
     # Rate limits off here: suites that hammer one user (concurrency tests) would hit them;
     # tests/test_edge.py turns them on where they are the subject.
     return Settings(
         environment="test",
+        executor=executor,
         redis_url=None,
         db_pool_size=5,
         db_max_overflow=20,

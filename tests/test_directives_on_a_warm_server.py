@@ -6,7 +6,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import EXECUTORS
 from tests.factories import Factory
+
+# Every test here runs against an app with each EXECUTOR (the `app` fixture reads `executor`):
+# the reference executor's answers are what the compiled one must give.
+pytestmark = pytest.mark.parametrize("executor", EXECUTORS)
 
 # (document, how to read whether the directed selection is in a response's data)
 DOCUMENTS = {

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,7 +18,7 @@ from db.models import OrderStatus, ProductKind
 from gql.app import create_app
 from gql.ids import to_global_id
 from services.catalog import products_by_ids
-from tests.conftest import GraphQL, StatementCounter, error_codes, graphql_post_scope
+from tests.conftest import EXECUTORS, GraphQL, StatementCounter, error_codes, graphql_post_scope
 from tests.databases import libpq_dsn
 from tests.factories import Factory
 
@@ -45,6 +46,9 @@ query Page($first: Int, $after: String, $orderBy: ProductOrder!, $filter: Produc
 """
 
 
+# Statement counts are the prefetching's (resolvers), not the executor's: measured with each
+# EXECUTOR (the param id says which).
+@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_order_history_runs_the_same_statements_for_1_and_100_orders(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
@@ -76,6 +80,9 @@ async def test_order_history_runs_the_same_statements_for_1_and_100_orders(
     ]
 
 
+# Statement counts are the prefetching's (resolvers), not the executor's: measured with each
+# EXECUTOR (the param id says which).
+@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_nested_relations_resolve_through_loaders_without_prefetch(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
@@ -358,6 +365,9 @@ async def test_a_session_reads_through_a_new_connection_after_commit(
         assert first is not None
 
 
+# Statement counts are the prefetching's (resolvers), not the executor's: measured with each
+# EXECUTOR (the param id says which).
+@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_lists_read_only_the_columns_of_selected_fields(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
