@@ -371,12 +371,23 @@ def _cases(draw: st.DrawFn, world: World) -> Case:
 # The comparison.
 
 
+def _flipped(case: Case) -> Case:
+    """The same document with every Boolean variable negated: what @include/@skip select
+    changes, and a plan compiled for the first values must not answer for these."""
+    variables = {k: not v if isinstance(v, bool) else v for k, v in case.variables.items()}
+    return Case(case.query, variables, case.operation_name)
+
+
 async def _answers(world: World, case: Case, executor: str) -> list[Any]:
+    """The first viewer runs the document cold (no plan compiled for it yet); everything after
+    runs warm, other viewers included, so a plan (or anything else cached) that carried one
+    request's values or viewer into another would show."""
+    execution._plans.clear()
+    runs = [("first", case), ("again", case), ("flipped", _flipped(case)), ("back", case)]
     answers = []
     for viewer, token in world.tokens.items():
-        execution._plans.clear()  # cold: no plan compiled yet for this document
-        for run in ("cold", "warm", "warm again"):
-            answers.append((viewer, run, await world.post(executor, case, token)))
+        for run, request in runs:
+            answers.append((viewer, run, await world.post(executor, request, token)))
     return answers
 
 
