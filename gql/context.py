@@ -3,9 +3,8 @@
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from aiodataloader import DataLoader
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.fastapi import BaseContext
 from strawberry.types import Info as StrawberryInfo
@@ -14,7 +13,14 @@ from core.settings import Settings
 from gql.errors import RequestFinished, Unauthenticated
 from services.auth import Actor
 
-LoaderT = TypeVar("LoaderT", bound=DataLoader)
+
+class RequestLoader(Protocol):
+    """A DataLoader of one request, made from its context (`gql.loaders`)."""
+
+    def __init__(self, context: "Context") -> None: ...
+
+
+LoaderT = TypeVar("LoaderT", bound=RequestLoader)
 T = TypeVar("T")
 
 
@@ -40,7 +46,7 @@ class Context(BaseContext):
         # dispatch their batches as concurrent tasks: they take turns through this lock.
         self._db_lock = asyncio.Lock()
         self._closed = False
-        self._loaders: dict[type[DataLoader], DataLoader] = {}
+        self._loaders: dict[type[RequestLoader], RequestLoader] = {}
         # What the `_entities` fields of each operation (by id) have cost so far (gql.federation).
         self.entities_cost_spent: dict[int, int] = {}
 

@@ -23,11 +23,22 @@ from graphql import (
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
     GraphQLScalarType,
     GraphQLString,
 )
-from graphql.language import FieldNode, FragmentSpreadNode
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode
+from graphql.pyutils import AwaitableOrValue, Path
+
+from gql.internals import (
+    FieldDetails,
+    StrawberryExecutionContext,
+    collect_subfields,
+    fragments_of,
+    is_default_resolver,
+    strawberry_field_of,
+)
 
 PREFETCHED_PREFIX = "prefetched_"
 MAX_PLANS = 2000
@@ -46,10 +57,6 @@ class NotCompilable(Exception):
 # (type, ids of field nodes) -> (the nodes, kept alive so ids stay unique; the plan or None)
 _plans: dict[tuple[GraphQLObjectType, tuple[int, ...]], tuple[tuple[FieldNode, ...], Plan | None]]
 _plans = {}
-
-
-def _strawberry_field(field: Any) -> Any:
-    return field.extensions.get("strawberry-definition")
 
 
 def _not_ready() -> Any:
@@ -90,10 +97,10 @@ def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tu
     field = parent.fields[field_name]
     if field.args:
         raise NotCompilable
-    definition = _strawberry_field(field)
+    definition = strawberry_field_of(field)
     if definition is None:
         raise NotCompilable
-    if getattr(field.resolve, "_is_default", False):
+    if is_default_resolver(field):
         attribute = definition.python_name
         if not attribute.isidentifier():
             raise NotCompilable
@@ -105,7 +112,9 @@ def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tu
     return f"s.{prefetched}", True
 
 
-def _leaf_expression(writer: _PlanWriter, leaf_type: Any, value: str) -> str:
+def _leaf_expression(
+    writer: _PlanWriter, leaf_type: GraphQLScalarType | GraphQLEnumType, value: str
+) -> str:
     serialize = writer.name("serialize_", leaf_type.serialize)
     if isinstance(leaf_type, GraphQLEnumType):
         # Rows hold enum values as plain strings, which Strawberry's enum type serializes by a
@@ -122,16 +131,16 @@ def _leaf_expression(writer: _PlanWriter, leaf_type: Any, value: str) -> str:
     return f"{serialize}({value})"
 
 
-class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    def complete_object_value(  # type: ignore[override]
+class CompiledExecutionContext(StrawberryExecutionContext):
+    def complete_object_value(
         self,
         return_type: GraphQLObjectType,
-        field_details_list: Sequence[Any],
-        info: Any,
-        path: Any,
+        field_details_list: list[FieldDetails],
+        info: GraphQLResolveInfo[Any],
+        path: Path,
         result: Any,
         *args: Any,
-    ) -> Any:
+    ) -> AwaitableOrValue[dict[str, Any]]:
         plan = self._plan(return_type, field_details_list)
         if plan is not None:
             try:
@@ -142,7 +151,7 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return_type, field_details_list, info, path, result, *args
         )
 
-    def _plan(self, object_type: GraphQLObjectType, details: Sequence[Any]) -> Plan | None:
+    def _plan(self, object_type: GraphQLObjectType, details: Sequence[FieldDetails]) -> Plan | None:
         nodes = tuple(detail.node for detail in details)
         key = (object_type, tuple(map(id, nodes)))
         cached = _plans.get(key)
@@ -157,18 +166,20 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
         _plans[key] = (nodes, plan)
         return plan
 
-    def _compile_object(self, object_type: GraphQLObjectType, details: Sequence[Any]) -> Plan:
+    def _compile_object(
+        self, object_type: GraphQLObjectType, details: Sequence[FieldDetails]
+    ) -> Plan:
         writer = _PlanWriter()
         entry = self._write_object(writer, object_type, details)
         return writer.build(entry)
 
     def _write_object(
-        self, writer: _PlanWriter, object_type: GraphQLObjectType, details: Sequence[Any]
+        self, writer: _PlanWriter, object_type: GraphQLObjectType, details: Sequence[FieldDetails]
     ) -> str:
         for detail in details:
             if detail.node.directives or self._fragments_have_directives(detail.node):
                 raise NotCompilable
-        grouped = self.collect_subfields(object_type, list(details))[0]
+        grouped = collect_subfields(self, object_type, details)
         body: list[str] = []
         items: list[str] = []
         for index, (response_key, field_details) in enumerate(grouped.items()):
@@ -209,19 +220,23 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 continue
             if isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
-                details = self.fragments.get(name)
+                details = fragments_of(self).get(name)
                 if details is None or name in seen:
                     continue
                 seen.add(name)
                 if details.variable_signatures or details.definition.directives:
                     return True  # fragment arguments depend on the request too
                 pending.extend(details.definition.selection_set.selections)
-            else:
+            elif isinstance(selection, InlineFragmentNode):
                 pending.extend(selection.selection_set.selections)
         return False
 
     def _write_value(
-        self, writer: _PlanWriter, output_type: Any, details: Sequence[Any], value: str
+        self,
+        writer: _PlanWriter,
+        output_type: GraphQLOutputType,
+        details: Sequence[FieldDetails],
+        value: str,
     ) -> str:
         """An expression completing `value` (a plain name, so reading it twice is free)."""
         if isinstance(output_type, GraphQLNonNull):
@@ -231,7 +246,11 @@ class CompiledExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return f"(None if {value} is None else {inner})"
 
     def _write_nullable(
-        self, writer: _PlanWriter, output_type: Any, details: Sequence[Any], value: str
+        self,
+        writer: _PlanWriter,
+        output_type: GraphQLOutputType,
+        details: Sequence[FieldDetails],
+        value: str,
     ) -> str:
         if isinstance(output_type, GraphQLList):
             item = self._write_value(writer, output_type.of_type, details, "x")

@@ -8,6 +8,7 @@ from strawberry.types import Info
 
 from core.settings import get_settings
 from gql.errors import QUERY_TOO_COMPLEX, ApiError, BadUserInput
+from gql.internals import graphql_schema_of
 from gql.query_limits import entities_cost, query_limits_of
 
 # The key every entity of this subgraph is fetched by: its Relay global ID.
@@ -52,7 +53,7 @@ class SubgraphSchema(FederationSchema):
                 rep.get("__typename") if isinstance(rep, dict) else None for rep in representations
             )
         ]
-        cost = entities_cost(self._schema, info.selected_fields, type_names, limits)
+        cost = entities_cost(graphql_schema_of(self), info.selected_fields, type_names, limits)
         # Per operation: a batch of operations shares one context. Without our context (direct
         # `schema.execute` calls), this field alone.
         by_operation: dict[int, int] = getattr(context, "entities_cost_spent", {})
@@ -72,9 +73,8 @@ class SubgraphSchema(FederationSchema):
         if not isinstance(representation, dict):
             return "an entity representation must be an object"
         type_name = representation.get("__typename")
-        type_map = self.schema_converter.type_map
-        entity = type_map.get(type_name) if isinstance(type_name, str) else None
-        origin = getattr(getattr(entity, "definition", None), "origin", None)
+        definition = self.get_type_by_name(type_name) if isinstance(type_name, str) else None
+        origin = getattr(definition, "origin", None)
         if origin is None or not hasattr(origin, "resolve_reference"):
             return f"{type_name!r} is not an entity type of this subgraph"
         if set(representation) != {"__typename", ENTITY_KEY}:

@@ -1,7 +1,7 @@
 """Per-request DataLoaders: each batches its keys into one `= ANY(:keys)` statement and
 answers in key order. They hand back light rows; the types turn rows into GraphQL objects."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiodataloader import DataLoader
@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 Row = Any
 
 
-class _SessionLoader(DataLoader):  # type: ignore[misc]
+class _SessionLoader(DataLoader[Any, Any]):
+    # Each subclass defines it as a method; it takes any sequence of keys (`load_level`).
+    batch_load_fn: Callable[[Sequence[Any]], Coroutine[Any, Any, list[Any]]]
+
     def __init__(self, context: "Context") -> None:
         super().__init__()
         self.context = context
@@ -25,8 +28,8 @@ class _SessionLoader(DataLoader):  # type: ignore[misc]
         than the query for a page of orders. Below a single-object field (`node` under
         aliases, `_entities`) siblings may want the same level: join the queue to batch."""
         if alone:
-            return await self.batch_load_fn(keys)  # type: ignore[no-any-return]
-        return await self.load_many(keys)  # type: ignore[no-any-return]
+            return await self.batch_load_fn(keys)
+        return await self.load_many(keys)
 
 
 class ProductByIdLoader(_SessionLoader):
@@ -40,7 +43,7 @@ class ProductByIdLoader(_SessionLoader):
     ) -> list[Any]:
         """As `_SessionLoader.load_level`; a list's level also reads only `columns`."""
         if not alone:
-            return await self.load_many(keys)  # type: ignore[no-any-return]
+            return await self.load_many(keys)
         async with self.context.session_turn() as session:
             found = await catalog.products_by_ids(session, keys, columns=columns)
         return [found.get(key) for key in keys]

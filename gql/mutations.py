@@ -112,7 +112,7 @@ def _order(result: checkout.OrderResult) -> Order:
     "null and the results of the fields before it, already committed, stay visible."
 )
 class Mutation:
-    @strawberry.mutation(
+    @strawberry.mutation(  # type: ignore[untyped-decorator]
         description="Place an order: stock is taken under row locks, all or nothing."
     )
     async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload | None:
@@ -128,7 +128,7 @@ class Mutation:
             return user_error(error)  # type: ignore[return-value]
         return CreateOrderSuccess(order=_order(result), created=result.created)
 
-    @strawberry.mutation(description="Cancel one of the viewer's orders; its stock comes back.")
+    @strawberry.mutation(description="Cancel one of the viewer's orders; its stock comes back.")  # type: ignore[untyped-decorator]
     async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderPayload | None:
         context = info.context
         actor = context.require_viewer()
@@ -141,7 +141,7 @@ class Mutation:
             return user_error(error)  # type: ignore[return-value]
         return CancelOrderSuccess(order=_order(result))
 
-    @strawberry.mutation(description="Hold units of a product for `ttlSeconds`.")
+    @strawberry.mutation(description="Hold units of a product for `ttlSeconds`.")  # type: ignore[untyped-decorator]
     async def reserve_product(
         self, info: Info, input: ReserveProductInput
     ) -> ReserveProductPayload | None:
@@ -164,7 +164,7 @@ class Mutation:
             return user_error(error)  # type: ignore[return-value]
         return ReserveProductSuccess(reservation=Reservation.from_row(row))
 
-    @strawberry.mutation(description="End a hold early; its stock comes back.")
+    @strawberry.mutation(description="End a hold early; its stock comes back.")  # type: ignore[untyped-decorator]
     async def release_reservation(
         self, info: Info, id: strawberry.ID
     ) -> ReleaseReservationPayload | None:

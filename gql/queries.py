@@ -75,7 +75,7 @@ async def _user(context: Context, row_id: int) -> User | None:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="Any object by its global ID (Relay).")
+    @strawberry.field(description="Any object by its global ID (Relay).")  # type: ignore[untyped-decorator]
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         type_name, row_id = from_global_id(id)
         context = info.context
@@ -93,7 +93,7 @@ class Query:
             return None if row is None else Reservation.from_row(row)
         raise InvalidInput(f"ID {id!r} does not name a fetchable object")
 
-    @strawberry.field(description="The authenticated user; null when anonymous.")
+    @strawberry.field(description="The authenticated user; null when anonymous.")  # type: ignore[untyped-decorator]
     async def me(self, info: Info) -> User | None:
         context = info.context
         if context.auth_error:
@@ -106,7 +106,7 @@ class Query:
     async def product(self, info: Info, id: strawberry.ID) -> Product | None:
         return await _product(info.context, row_id_of(id, "Product"))
 
-    @strawberry.field(description="The catalogue, filtered and ordered, in keyset pages.")
+    @strawberry.field(description="The catalogue, filtered and ordered, in keyset pages.")  # type: ignore[untyped-decorator]
     async def products(
         self,
         info: Info,
@@ -141,12 +141,12 @@ class Query:
             wanted=edges,
         )
 
-    @strawberry.field(description="One order: only its owner (or an admin) can see it.")
+    @strawberry.field(description="One order: only its owner (or an admin) can see it.")  # type: ignore[untyped-decorator]
     async def order(self, info: Info, id: strawberry.ID) -> Order | None:
         info.context.require_viewer()
         return await _order(info.context, row_id_of(id, "Order"), selection_tree(info))
 
-    @strawberry.field(description="The viewer's orders, newest first.")
+    @strawberry.field(description="The viewer's orders, newest first.")  # type: ignore[untyped-decorator]
     async def orders(
         self,
         info: Info,
@@ -177,7 +177,7 @@ class Query:
             wanted=edges,
         )
 
-    @strawberry.field(description="The viewer's reservations (holds), newest first.")
+    @strawberry.field(description="The viewer's reservations (holds), newest first.")  # type: ignore[untyped-decorator]
     async def reservations(
         self,
         info: Info,

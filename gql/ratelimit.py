@@ -102,7 +102,7 @@ class RateLimiter:
                 "async+" + settings.redis_url,
                 implementation="redispy",  # coredis, the default, does not build here
                 key_prefix=f"{settings.redis_key_prefix}:ratelimit",
-                connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+                connection_pool=redis.connection_pool,
                 wrap_exceptions=True,
             )
         else:

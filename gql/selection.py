@@ -6,11 +6,18 @@ so the same query reuses its tree instead of walking (or converting) the selecti
 A tree is a superset when directives skip fields: it only decides what to prefetch."""
 
 from collections.abc import Mapping
-from typing import Any
 
-from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, SelectionSetNode
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionNode,
+    SelectionSetNode,
+)
 
 from gql.context import Info
+from gql.internals import raw_info
 
 FieldTree = dict[str, "FieldTree"]
 
@@ -22,8 +29,8 @@ def selection_tree(info: Info, *, on_type: str | None = None) -> FieldTree:
     """The fields selected below the field being resolved. With `on_type`, only the fields
     and the fragments on that type at the first level count (`_entities` asks for several
     entity types in one list, each through its own fragment)."""
-    raw: Any = info._raw_info
-    node: FieldNode = raw.field_nodes[0]
+    raw = raw_info(info)
+    node = raw.field_nodes[0]
     key = (id(node), on_type)
     cached = _trees.get(key)
     if cached is not None and cached[0] is node:
@@ -43,14 +50,14 @@ def selection_tree(info: Info, *, on_type: str | None = None) -> FieldTree:
 def _only_on(
     selection_set: SelectionSetNode, type_name: str, fragments: dict[str, FragmentDefinitionNode]
 ) -> SelectionSetNode:
-    def applies(selection: Any) -> bool:
-        if isinstance(selection, FieldNode):
-            return True
+    def applies(selection: SelectionNode) -> bool:
         if isinstance(selection, FragmentSpreadNode):
             fragment = fragments.get(selection.name.value)
             condition = fragment.type_condition if fragment is not None else None
-        else:
+        elif isinstance(selection, InlineFragmentNode):
             condition = selection.type_condition
+        else:  # a field
+            return True
         return condition is None or condition.name.value == type_name
 
     return SelectionSetNode(selections=tuple(s for s in selection_set.selections if applies(s)))
@@ -72,7 +79,7 @@ def _merge_into(
             fragment = fragments.get(selection.name.value)
             if fragment is not None:
                 _merge_into(tree, fragment.selection_set, fragments)
-        else:  # an inline fragment: its fields belong to this level
+        elif isinstance(selection, InlineFragmentNode):  # its fields belong to this level
             _merge_into(tree, selection.selection_set, fragments)
 
 

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gunicorn.glogging import Logger, SafeAtoms
-from uvicorn_worker import UvicornWorker
+# Neither ships type information (types-gunicorn is not a dependency): their classes are Any.
+from gunicorn.glogging import Logger, SafeAtoms  # type: ignore[import-untyped]
+from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from core.settings import get_settings
 from gql.access_log import redact_query_string, redact_target
@@ -28,7 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RemoteAddr = Callable[[str | None, list[str]], str]
 
 
-class JsonAtoms(SafeAtoms):
+class JsonAtoms(SafeAtoms):  # type: ignore[misc]
     """gunicorn's access-log atoms JSON-escaped (gunicorn's own only escape double quotes),
     so that an `access_log_format` written as a JSON object stays valid JSON whatever a client
     sends: quotes or backslashes in a User-Agent, control characters in a path... Escaped when
@@ -44,7 +45,7 @@ class JsonAtoms(SafeAtoms):
         return json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
-class JsonAccessLogger(Logger):
+class JsonAccessLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger with JSON-safe access-log atoms and ISO 8601 UTC times."""
 
     atoms_wrapper_class = JsonAtoms
@@ -146,7 +147,7 @@ def _environ(scope: Scope, remote_addr: RemoteAddr | None = None) -> dict[str, s
     return environ
 
 
-class Worker(UvicornWorker):
+class Worker(UvicornWorker):  # type: ignore[misc]
     """uvicorn-worker pinned to uvloop and httptools (a missing one fails at boot rather than
     silently falling back to the slower pure-Python pair), with access logs through gunicorn.
 
@@ -162,9 +163,10 @@ class Worker(UvicornWorker):
         "access_log": False,
         "proxy_headers": False,
     }
+    wsgi: ASGIApp  # the app gunicorn loaded (an ASGI one here, whatever the name says)
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()  # type: ignore[no-untyped-call]
+        super().load_wsgi()
         self.wsgi = AccessLogMiddleware(self.wsgi, self.log, _remote_addr())
         _tune_garbage_collector()
 

@@ -46,10 +46,13 @@ from db.models import OrderStatus, ProductKind
 from gql import execution
 from gql.app import create_app
 from gql.ids import to_global_id
+from gql.internals import graphql_schema_of
 from gql.schema import schema
 from tests.factories import Factory
 
 T = TypeVar("T")
+
+GRAPHQL_SCHEMA = graphql_schema_of(schema)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 # Root fields to generate under, the nested connections weighted up (`_service` left out: its
@@ -218,9 +221,9 @@ def _documents(world: World) -> st.SearchStrategy[DocumentNode]:
     roots = st.lists(st.sampled_from(ROOT_FIELDS), min_size=1, max_size=3, unique=True)
     return roots.flatmap(
         lambda fields: queries(
-            schema._schema,
+            GRAPHQL_SCHEMA,
             fields=sorted(fields),
-            custom_scalars=scalars,  # type: ignore[arg-type]
+            custom_scalars=scalars,
             print_ast=lambda document: document,
         )
     )
@@ -296,7 +299,7 @@ class _Decorator:
         for selection in selection_set.selections:
             if isinstance(selection, InlineFragmentNode):
                 condition = selection.type_condition
-                on = schema._schema.get_type(condition.name.value) if condition else parent
+                on = GRAPHQL_SCHEMA.get_type(condition.name.value) if condition else parent
                 out.append(
                     InlineFragmentNode(
                         type_condition=condition,
@@ -350,7 +353,7 @@ def _cases(draw: st.DrawFn, world: World) -> Case:
     [operation] = document.definitions
     assert isinstance(operation, OperationDefinitionNode)
     decorator = _Decorator(draw)
-    selection_set = decorator.selections(operation.selection_set, schema._schema.query_type)
+    selection_set = decorator.selections(operation.selection_set, GRAPHQL_SCHEMA.query_type)
     operation_name = draw(st.sampled_from([None, "Differential"]))
     rewritten = DocumentNode(
         definitions=(

@@ -48,7 +48,7 @@ class OrderItem:
     product_id: strawberry.Private[int]
     prefetched_product: strawberry.Private[Product | None] = None
 
-    @strawberry.field(graphql_type=Product)
+    @strawberry.field(graphql_type=Product)  # type: ignore[untyped-decorator]
     def product(self, info: Info) -> Product | Awaitable[Product]:
         if self.prefetched_product is not None:
             return self.prefetched_product
@@ -90,7 +90,7 @@ class Order(Node):
     prefetched_items: strawberry.Private[list[OrderItem] | None] = None
     prefetched_user: strawberry.Private[User | None] = None
 
-    @strawberry.field(graphql_type=list[OrderItem])
+    @strawberry.field(graphql_type=list[OrderItem])  # type: ignore[untyped-decorator]
     def items(self, info: Info) -> list[OrderItem] | Awaitable[list[OrderItem]]:
         if self.prefetched_items is not None:
             return self.prefetched_items
@@ -100,7 +100,7 @@ class Order(Node):
         rows = await info.context.loader(ItemsByOrderIdLoader).load(self.row_id)
         return [OrderItem.from_row(row, self.currency) for row in rows]
 
-    @strawberry.field(graphql_type=User)
+    @strawberry.field(graphql_type=User)  # type: ignore[untyped-decorator]
     def user(self, info: Info) -> User | Awaitable[User]:
         if self.prefetched_user is not None:
             return self.prefetched_user

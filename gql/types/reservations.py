@@ -31,7 +31,7 @@ class Reservation(Node):
     row_id: strawberry.Private[int]
     product_id: strawberry.Private[int]
 
-    @strawberry.field(graphql_type=Product)
+    @strawberry.field(graphql_type=Product)  # type: ignore[untyped-decorator]
     async def product(self, info: Info) -> Product:
         row = await info.context.loader(ProductByIdLoader).load(self.product_id)
         return Product.from_row(row)

@@ -1,0 +1,110 @@
+"""The private internals of Strawberry and graphql-core we rely on, and nothing else.
+
+Pinned against strawberry-graphql 0.341.2 and graphql-core 3.3.2 (constraints.txt). Every
+private attribute, undocumented key or "for internal use only" hook of those two libraries that
+the edge touches is read here and only here, behind a small typed function; the rest of `gql/`
+imports these names instead. `tests/test_library_internals.py` pins the behaviour each one is
+relied on for, so an upgrade that changes it fails there, loudly, rather than somewhere in the
+compiled executor (docs/execution.md, "Private library internals we rely on").
+
+What each name wraps, and who relies on it:
+
+- `graphql_schema_of`: Strawberry's `Schema._schema`, the graphql-core schema operations run
+  on (`_entities` cost in `gql.federation`, executing a prepared document).
+- `raw_info`: Strawberry's `Info._raw_info`, graphql-core's resolve info (`gql.selection`
+  reads its field nodes and fragments).
+- `strawberry_field_of`: the `"strawberry-definition"` key (`DEFINITION_BACKREF`) of a GraphQL
+  field's extensions, the StrawberryField behind it (`gql.execution`: the Python attribute
+  and the class that declares the field).
+- `is_default_resolver`: the `_is_default` mark Strawberry sets on a field's resolver
+  (`gql.execution`: a plain attribute read, which a plan may inline).
+- `StrawberryExecutionContext`: `strawberry.schema.schema.StrawberryGraphQLCoreExecutionContext`,
+  the base of `gql.execution.CompiledExecutionContext`, which overrides graphql-core's
+  `complete_object_value(return_type, field_details_list, info, path, result, ...)`.
+- `collect_subfields`: graphql-core's `Executor.collect_subfields` (private, memoized), the
+  fields a plan completes.
+- `fragments_of`: graphql-core's `Executor.fragments`, fragment definitions with the
+  signatures of their variables.
+- `FieldDetails`, `FragmentDetails`, `GroupedFieldSet`: from
+  `graphql.execution.collect_fields`, "for internal use only".
+- `is_awaitable`: `strawberry.execution.optimized_is_awaitable`, the awaitable check
+  Strawberry's own execution passes to graphql-core, typed as `execute(is_awaitable=)` wants.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeGuard, cast
+
+from graphql import GraphQLField, GraphQLObjectType, GraphQLResolveInfo, GraphQLSchema
+from graphql.execution.collect_fields import FieldDetails, FragmentDetails, GroupedFieldSet
+from strawberry import Schema
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema.schema import (
+    StrawberryGraphQLCoreExecutionContext as StrawberryExecutionContext,
+)
+from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.types import Info
+from strawberry.types.field import StrawberryField
+
+__all__ = [
+    "FieldDetails",
+    "FragmentDetails",
+    "GroupedFieldSet",
+    "StrawberryExecutionContext",
+    "collect_subfields",
+    "fragments_of",
+    "graphql_schema_of",
+    "is_awaitable",
+    "is_default_resolver",
+    "raw_info",
+    "strawberry_field_of",
+]
+
+# The key under which Strawberry keeps, in a GraphQL field's extensions, the StrawberryField it
+# was made from.
+_DEFINITION_KEY = GraphQLCoreConverter.DEFINITION_BACKREF
+
+
+def graphql_schema_of(schema: Schema) -> GraphQLSchema:
+    """The graphql-core schema behind a Strawberry one: the one its operations execute on."""
+    return schema._schema
+
+
+def raw_info(info: Info[Any, Any]) -> GraphQLResolveInfo[Any]:
+    """graphql-core's resolve info behind Strawberry's `Info`: all the field nodes merged under
+    the response key, and the operation's fragment definitions by name. (Strawberry's own
+    NamedTuple with graphql-core's fields, not an instance of `GraphQLResolveInfo`.)"""
+    return info._raw_info
+
+
+def strawberry_field_of(field: GraphQLField) -> StrawberryField | None:
+    """The StrawberryField a GraphQL field was made from (its `python_name`, its `origin`
+    class), or None for a field Strawberry did not make (`__typename`, introspection)."""
+    definition = field.extensions.get(_DEFINITION_KEY)
+    return definition if isinstance(definition, StrawberryField) else None
+
+
+def is_default_resolver(field: GraphQLField) -> bool:
+    """Whether the field is resolved by Strawberry's default resolver, a plain read of the
+    attribute named by its `python_name`, rather than by a resolver of ours."""
+    return bool(getattr(field.resolve, "_is_default", False))
+
+
+def collect_subfields(
+    context: StrawberryExecutionContext,
+    object_type: GraphQLObjectType,
+    details: Sequence[FieldDetails],
+) -> GroupedFieldSet:
+    """The fields selected on `object_type` below the field nodes of `details`, as graphql-core
+    executes them: by response key, in document order, fragments merged in, fields that the
+    request's variables `@skip` (or do not `@include`) left out."""
+    return context.collect_subfields(object_type, list(details)).grouped_field_set
+
+
+def fragments_of(context: StrawberryExecutionContext) -> Mapping[str, FragmentDetails]:
+    """The operation's fragments by name: each definition with its variable signatures."""
+    return context.fragments
+
+
+is_awaitable = cast(Callable[[Any], TypeGuard[Awaitable[Any]]], optimized_is_awaitable)
+"""Strawberry's fast awaitable check (the one its own execution passes to graphql-core),
+typed as graphql-core's `execute(is_awaitable=...)` expects."""
