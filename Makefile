@@ -34,7 +34,7 @@ fuzz: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core db services
+	$(BIN)/mypy core db services gql
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -13,19 +13,21 @@ from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
 from gql.apq import PersistedQueries, load_manifest
-from gql.deps import get_context
-from gql.fastlane import FastLane
+from gql.documents import DocumentCache
+from gql.endpoint import GraphQLEndpoint
+from gql.executor import Executor
 from gql.graphiql import assets_router
 from gql.health import router as health_router
+from gql.internals import graphql_schema_of
 from gql.metrics import OPERATION_NAMES
 from gql.middleware import BodyLimitMiddleware, CorrelationIdMiddleware, ErrorShieldMiddleware
 from gql.ratelimit import RateLimiter
-from gql.router import GRAPHQL_PATH, Edge, FastJSONGraphQLRouter
-from gql.schema import build_schema, schema
+from gql.schema import schema
+from services.auth import ActorCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FastJSONGraphQLRouter", "app", "create_app"]
+__all__ = ["app", "create_app"]
 
 
 def create_app(
@@ -77,38 +79,32 @@ def create_app(
         # gql/worker.py); the app builds no URL from them anywhere else.
         redirect_slashes=False,
     )
-    edge = Edge(
-        settings=settings,
-        rate_limiter=RateLimiter(settings, redis, circuit),
-        persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
-    )
     app.state.settings = settings
     app.state.redis = redis
-    app.state.edge = edge
+    # Tokens recently resolved (the endpoint reads it from here on each request).
+    app.state.actors = ActorCache(settings.auth_cache_seconds)
     OPERATION_NAMES.limit = settings.metrics_max_operation_names
-    # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`). The
-    # EXECUTOR setting is read here only; the fast lane runs the served schema's executor.
-    if settings.is_production or settings.executor != "compiled":
-        served_schema = build_schema(
-            introspection=not settings.is_production, executor=settings.executor
-        )
-    else:
-        served_schema = schema
-    router = FastJSONGraphQLRouter(
-        served_schema,
-        path=GRAPHQL_PATH,
-        context_getter=get_context,
-        graphql_ide=None if settings.is_production else "graphiql",
-        edge=edge,
-    )
-    app.include_router(router)
+    graphql_schema = graphql_schema_of(schema)
+    # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).
+    documents = DocumentCache(graphql_schema, settings, introspection=not settings.is_production)
+    app.state.documents = documents
     app.include_router(health_router)
     if not settings.is_production:
         app.include_router(assets_router())
     # The last added is the outermost. The correlation ID is set before anything else runs;
-    # CORS sits outside the shield, so a browser can read even a shielded 500. The fast lane
-    # is innermost: all of these apply to it too.
-    app.add_middleware(FastLane, schema=served_schema, edge=edge, state=app.state)
+    # CORS sits outside the shield, so a browser can read even a shielded 500. The GraphQL
+    # endpoint is innermost: all of these apply to it; other paths go on to FastAPI's routes.
+    app.add_middleware(
+        GraphQLEndpoint,
+        settings=settings,
+        documents=documents,
+        # EXECUTOR is read here only.
+        executor=Executor.chosen(graphql_schema, settings.executor),
+        rate_limiter=RateLimiter(settings, redis, circuit),
+        persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
+        state=app.state,
+        graphiql=not settings.is_production,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ErrorShieldMiddleware)
     if settings.cors_origins:

@@ -40,8 +40,8 @@ class SubgraphSchema(FederationSchema):
         """Refuse (QUERY_TOO_COMPLEX) before anything is loaded when the representations of
         the operation cost more than MAX_QUERY_COST: `_entities` is a list whose length only
         the request's values tell (representations come as a variable, and validation is
-        cached per document), so it is costed here, in the resolver, which runs the same on
-        the full path and on the fast lane. Root resolvers of a query all run before any of
+        cached per document), so it is costed here, in the resolver, which runs the same
+        whether the document is new or known. Root resolvers of a query all run before any of
         their loads starts (`resolve_reference` is a coroutine the executor awaits later),
         so a refusal of a second `_entities` (aliases) still comes before any statement."""
         context = info.context

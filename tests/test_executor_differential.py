@@ -4,9 +4,10 @@ generator does not write itself: variables, aliases, named and inline fragments,
 selected twice, and @include/@skip on fields and fragments.
 
 Two apps, one per executor, share one seeded database. Each operation runs for three viewers
-(anonymous, a customer, the admin), with an empty plan cache first (cold, the full path) and
-then twice more (warm: the fast lane, reusing plans); every response (status, data, errors
-without their correlation IDs) must be the same from both apps.
+(anonymous, a customer, the admin): the first viewer's first run is cold (a new document, no
+plan compiled), every other run warm (document cache and plans reused), once with the Boolean
+variables flipped; every response (status, data, errors without their correlation IDs) must be
+the same from both apps.
 
 `make fuzz` runs a long version: FUZZ_EXAMPLES operations instead of the default bound.
 """

@@ -1,5 +1,6 @@
-"""The fast lane (gql.fastlane) answers a known operation exactly as the full path would:
-same status, media type and body, errors and codes included; everything else falls through."""
+"""A document the endpoint already knows (parsed and validated for an earlier request, by
+another viewer with other variables) is answered exactly as on its first sighting: same
+status, media type and body, errors and codes included."""
 
 from typing import Any
 
@@ -39,19 +40,19 @@ def _without_correlation_ids(body: Any) -> Any:
     return body
 
 
-async def _full_path_and_lane(
+async def _cold_and_warm(
     database_url: str, prime: dict[str, Any], body: dict[str, Any], headers: dict[str, str]
 ) -> tuple[httpx.Response, httpx.Response]:
-    """`body` answered by a fresh app's full path, then by another app's lane (primed with
+    """`body` answered by a fresh app's cold path, then by another app, warm (primed with
     `prime`: the same operation as a user whose variables and token let it run)."""
     async with app_client(database_url) as (_, client):
-        full = await _post(client, body, headers)
+        cold = await _post(client, body, headers)
     async with app_client(database_url) as (app, client):
         primed = await _post(client, prime, {"Authorization": prime.pop("authorization")})
         assert primed.json().get("data") is not None, primed.text
-        assert app.state.edge.prepared.get(body["query"], body.get("operationName")) is not None
-        lane = await _post(client, body, headers)
-    return full, lane
+        assert app.state.documents.parsed(body["query"]).validation_errors == ()
+        warm = await _post(client, body, headers)
+    return cold, warm
 
 
 @pytest.mark.parametrize(
@@ -64,7 +65,7 @@ async def _full_path_and_lane(
         ("a bad token", ORDER_HISTORY, {"first": 1}, {"first": 1}, {"token": "bk_wrong"}),
     ],
 )
-async def test_the_lane_answers_as_the_full_path_does(  # noqa: PLR0917
+async def test_a_known_document_answers_as_on_its_first_sighting(  # noqa: PLR0917
     database_url: str,
     factory: Factory,
     case: str,
@@ -79,22 +80,20 @@ async def test_the_lane_answers_as_the_full_path_does(  # noqa: PLR0917
         await factory.order(user, [(products[n % 3], 1 + n), (products[(n + 1) % 3], 2)])
     headers = dict(headers)
     headers["Authorization"] = f"Bearer {headers.pop('token', token)}"
-    full, lane = await _full_path_and_lane(
+    cold, warm = await _cold_and_warm(
         database_url,
         {"query": query, "variables": prime_variables, "authorization": f"Bearer {token}"},
         {"query": query, "variables": variables},
         headers,
     )
-    assert lane.status_code == full.status_code, case
-    assert lane.headers["content-type"] == full.headers["content-type"], case
-    assert _without_correlation_ids(lane.json()) == _without_correlation_ids(full.json()), case
-    for error in lane.json().get("errors", []):
-        assert error["extensions"]["correlationId"] == lane.headers["x-correlation-id"]
+    assert warm.status_code == cold.status_code, case
+    assert warm.headers["content-type"] == cold.headers["content-type"], case
+    assert _without_correlation_ids(warm.json()) == _without_correlation_ids(cold.json()), case
+    for error in warm.json().get("errors", []):
+        assert error["extensions"]["correlationId"] == warm.headers["x-correlation-id"]
 
 
-async def test_an_order_history_on_the_lane_is_the_viewers_own(
-    database_url: str, factory: Factory
-) -> None:
+async def test_a_warm_order_history_is_the_viewers_own(database_url: str, factory: Factory) -> None:
     (alice, alice_token), (bob, bob_token) = await factory.user(), await factory.user()
     [product] = await factory.products(1)
     alices = await factory.order(alice, [(product, 1)])
@@ -108,7 +107,7 @@ async def test_an_order_history_on_the_lane_is_the_viewers_own(
     assert to_global_id("Order", alices.id) not in as_bob.text
 
 
-async def test_a_mutation_on_the_lane_commits(
+async def test_a_warm_mutation_commits(
     database_url: str, factory: Factory, engine: AsyncEngine
 ) -> None:
     _, token = await factory.user()
@@ -124,7 +123,7 @@ async def test_a_mutation_on_the_lane_commits(
 
     async with app_client(database_url) as (app, client):
         first = await _post(client, body("a", 1), headers)
-        assert app.state.edge.prepared.get(mutation, None) is not None
+        assert app.state.documents.parsed(mutation).validation_errors == ()
         second = await _post(client, body("b", 3), headers)
         replayed = await _post(client, body("b", 3), headers)  # same key: the same order
     kinds = [r.json()["data"]["createOrder"]["__typename"] for r in (first, second, replayed)]
@@ -143,7 +142,7 @@ async def test_a_mutation_on_the_lane_commits(
         b'{"query": "{ __typename }", "variables": [1]}',
     ],
 )
-async def test_what_the_lane_does_not_know_gets_the_full_paths_answer(
+async def test_bodies_that_are_not_requests_get_the_same_answer_warm_or_cold(
     database_url: str, body: bytes
 ) -> None:
     async with app_client(database_url) as (_, client):

@@ -1,0 +1,465 @@
+"""The GraphQL endpoint: the one pipeline every request to `/graphql` goes through, GET or POST,
+persisted or not, first sighting or thousandth. Read `GraphQLEndpoint.handle` top to bottom for
+the story of a request (docs/request-pipeline.md tells it with the files of each step).
+
+Strawberry is the schema library here; the view is ours, as saleor owns its one view: the HTTP
+view Strawberry ships (behind FastAPI's routing and dependency solving) cost as much CPU per
+request as executing an order history, and a second, faster path beside it re-implemented half
+of it. The edge middleware (correlation ID, CORS, error shield, body limit) wraps this endpoint;
+the FastAPI app behind it serves the rest (health, metrics, GraphiQL's assets).
+"""
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from graphql import ExecutionResult, GraphQLError, OperationType
+from starlette.background import BackgroundTasks
+from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.http import GraphQLHTTPResponse, process_result
+
+from core.correlation import current_correlation_id
+from core.settings import Settings
+from gql.apq import PersistedQueries, is_sha256, sha256_of
+from gql.authentication import authenticate
+from gql.context import Context
+from gql.documents import DocumentCache
+from gql.errors import (
+    BAD_REQUEST,
+    NOT_FOUND,
+    PERSISTED_QUERY_NOT_ALLOWED,
+    PERSISTED_QUERY_NOT_FOUND,
+    QUERY_TOO_COMPLEX,
+    RATE_LIMITED,
+    SERVICE_UNAVAILABLE,
+    error_body,
+    log_unexpected,
+    with_codes,
+)
+from gql.executor import Executor
+from gql.graphiql import graphiql_html
+from gql.metrics import ERRORS, observe_latency
+from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+
+GRAPHQL_PATH = "/graphql"
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+ALLOWED_METHODS = "GET, POST"
+
+
+class Refused(Exception):
+    """A request turned away before GraphQL execution, answered with a GraphQL-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        request_error: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        # A GraphQL request error (like a parse or limit error): 400 for clients accepting
+        # application/graphql-response+json, 200 with plain application/json.
+        self.request_error = request_error
+
+
+def method_not_allowed(message: str) -> Refused:
+    return Refused(405, BAD_REQUEST, message, {"Allow": ALLOWED_METHODS})
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """What the pipeline reads of the HTTP request, taken from the scope's headers once."""
+
+    method: str
+    query_string: bytes
+    content_type: str = ""
+    accept: str | None = None
+    authorization: str | None = None
+    peer: str | None = None
+    forwarded_for: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> "HttpRequest":
+        client = scope.get("client")
+        request = cls(scope["method"], scope.get("query_string", b""))
+        request.peer = client[0] if client else None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                request.content_type = value.decode("latin-1")
+            elif name == b"accept":
+                request.accept = value.decode("latin-1")
+            elif name == b"authorization":
+                request.authorization = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                request.forwarded_for.append(value.decode("latin-1"))
+        return request
+
+
+@dataclass(slots=True)
+class GraphQLParams:
+    """A GraphQL request's parameters, as GraphQL over HTTP names them."""
+
+    query: str | None
+    variables: dict[str, Any] | None = None
+    operation_name: str | None = None
+    extensions: dict[str, Any] | None = None
+    # Set when the request sent a persisted query's hash and text: the text is stored under the
+    # hash once the request has passed the rate limits and validated, so a refused or invalid
+    # request leaves nothing behind.
+    register_as: str | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    media_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send: Send) -> None:
+        headers = [
+            (b"content-type", self.media_type.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in self.headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class GraphQLEndpoint:
+    """ASGI: `/graphql` here, every other path to `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        documents: DocumentCache,
+        executor: Executor,
+        rate_limiter: RateLimiter,
+        persisted_queries: PersistedQueries,
+        state: State,
+        graphiql: bool,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.documents = documents
+        self.executor = executor
+        self.rate_limiter = rate_limiter
+        self.persisted_queries = persisted_queries
+        self.state = state  # the app's: its session factory exists once the lifespan started
+        self.graphiql = graphiql
+        self.limited_fields = frozenset(rate_limiter.limited_fields())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != GRAPHQL_PATH:
+            await self.app(scope, receive, send)
+            return
+        request = HttpRequest.from_scope(scope)
+        background = BackgroundTasks()
+        try:
+            answer = await self.handle(request, receive, background)
+        except Refused as refused:
+            answer = refusal_answer(refused, request.accept)
+        await answer.send(send)
+        await background()
+
+    async def handle(
+        self, request: HttpRequest, receive: Receive, background: BackgroundTasks
+    ) -> Answer:
+        """The story of one request."""
+        if request.method not in ("GET", "POST"):
+            raise method_not_allowed(f"{request.method} is not served here: use GET or POST")
+        if request.method == "GET" and self._wants_graphiql(request):
+            if not self.graphiql:
+                raise Refused(404, NOT_FOUND, "Not Found")
+            return Answer(200, "text/html; charset=utf-8", graphiql_html().encode())
+        params = await self._params(request, receive)
+        params = await self._resolve_persisted(params)
+        if params.query is None:
+            raise Refused(400, BAD_REQUEST, "No GraphQL query found in the request")
+        self._check_query_size(params.query)
+
+        document = self.documents.parsed(params.query)
+        if document.ast is None:
+            return self._request_errors(document.parse_errors, request)
+        operation = document.operation(params.operation_name)
+        if operation is None:
+            raise Refused(400, BAD_REQUEST, _no_operation(params.operation_name))
+        if request.method == "GET" and operation.operation is not OperationType.QUERY:
+            raise method_not_allowed(
+                f"{operation.operation.value}s are not allowed when using GET: use POST"
+            )
+
+        context = Context(
+            session=self.state.session_factory(),
+            settings=self.settings,
+            viewer=None,  # until `authenticate`
+            auth_error=None,
+            correlation_id=current_correlation_id(),
+        )
+        # Its session takes a pooled connection only at its first statement, and gives it
+        # back at `Context.close`, below.
+        context.background_tasks = background
+        try:
+            # Only now, with the body read whole: a connection taken before would wait on a
+            # slow client.
+            await authenticate(context, request.authorization, self.state.actors)
+            await self._check_rate_limits(context, request, params, document.root_fields, operation)
+            errors = self.documents.validate(document)
+            if errors:
+                return self._request_errors(errors, request)
+            started = time.perf_counter()
+            result = await self.executor.execute(
+                document.ast,
+                operation_name=params.operation_name,
+                variables=params.variables,
+                context=context,
+            )
+            observe_latency(
+                params.operation_name, operation.operation.value, time.perf_counter() - started
+            )
+        finally:
+            # The connection goes back to the pool before the response is written.
+            await context.close()
+        if params.register_as is not None:
+            await self.persisted_queries.put(params.register_as, params.query)
+        if result.errors:
+            log_unexpected(result.errors)
+        return Answer(200, _media_type(request.accept), orjson.dumps(response_data(result)))
+
+    def _wants_graphiql(self, request: HttpRequest) -> bool:
+        """A browser (text/html in Accept), also on a shared link with a query in its editor;
+        API clients still get the result of a GET."""
+        params = dict(parse_qsl(request.query_string.decode("latin-1")))
+        if "extensions" in params and "query" not in params:
+            return False  # only a persisted query's hash: an API client
+        accept = request.accept or ""
+        return "text/html" in accept or ("query" not in params and "*/*" in accept)
+
+    async def _params(  # noqa: PLR0912
+        self, request: HttpRequest, receive: Receive
+    ) -> GraphQLParams:
+        if request.method == "GET":
+            data: Any = {}
+            for key, value in parse_qsl(
+                request.query_string.decode("latin-1"), keep_blank_values=True
+            ):
+                data.setdefault(key, value)
+            for key in ("variables", "extensions"):
+                if data.get(key):
+                    data[key] = _json(data[key].encode())
+                elif key in data:
+                    data[key] = None
+        elif "application/json" in request.content_type:
+            data = _json(await _read_body(receive))
+        else:
+            raise Refused(400, BAD_REQUEST, "Unsupported content type")
+        if isinstance(data, list):
+            raise Refused(400, BAD_REQUEST, "Batching is not enabled")
+        if not isinstance(data, dict):
+            raise Refused(
+                400, BAD_REQUEST, "The request body must be a JSON object (a GraphQL request)"
+            )
+        query, variables = data.get("query"), data.get("variables")
+        operation_name, extensions = data.get("operationName"), data.get("extensions")
+        if not isinstance(query, str | None):
+            raise Refused(
+                400, BAD_REQUEST, "The GraphQL operation's `query` must be a string or null"
+            )
+        if not isinstance(variables, dict | None):
+            raise Refused(
+                400, BAD_REQUEST, "The GraphQL operation's `variables` must be an object or null"
+            )
+        if not isinstance(extensions, dict | None):
+            raise Refused(
+                400, BAD_REQUEST, "The GraphQL operation's `extensions` must be an object or null"
+            )
+        if not isinstance(operation_name, str | None):
+            raise Refused(
+                400, BAD_REQUEST, "The GraphQL operation's `operationName` must be a string"
+            )
+        return GraphQLParams(query, variables, operation_name, extensions)
+
+    async def _resolve_persisted(self, params: GraphQLParams) -> GraphQLParams:
+        """Apollo APQ: the hash alone runs a known query; hash and query register it (once the
+        request has passed the rate limits and validated)."""
+        if params.query is not None:
+            self._check_query_size(params.query)
+        store = self.persisted_queries
+        persisted = (params.extensions or {}).get("persistedQuery")
+        if persisted is None:
+            if store.allow_list is not None:
+                raise Refused(
+                    400, PERSISTED_QUERY_NOT_ALLOWED, "Only persisted queries may run here"
+                )
+            return params
+        sha = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
+        if not isinstance(persisted, dict) or persisted.get("version") != 1 or not is_sha256(sha):
+            raise Refused(
+                400, BAD_REQUEST, "Unsupported persisted query: use version 1 and a sha256Hash"
+            )
+        assert isinstance(sha, str)
+        if params.query is None:
+            query = await store.get(sha)
+            if query is None:
+                # Apollo clients resend the full query on this message and code; 200 as
+                # Apollo's servers answer, since nothing is wrong with the request.
+                raise Refused(200, PERSISTED_QUERY_NOT_FOUND, "PersistedQueryNotFound")
+            params.query = query
+            return params
+        if sha256_of(params.query) != sha:
+            raise Refused(400, BAD_REQUEST, "provided sha does not match query")
+        if store.allow_list is not None:
+            if sha not in store.allow_list:
+                raise Refused(400, PERSISTED_QUERY_NOT_ALLOWED, "This query is not allowed here")
+            return params
+        params.register_as = sha
+        return params
+
+    def _check_query_size(self, query: str) -> None:
+        """Refuse a query text over MAX_QUERY_BYTES before anything parses or caches it: the
+        token limit bounds the parser's work, but not whitespace, and the caches (persisted
+        queries, documents) are keyed by the whole text."""
+        limit = self.settings.max_query_bytes
+        # UTF-8 takes 1 to 4 bytes a character: encode only when the length leaves a doubt.
+        if len(query) > limit or (len(query) * 4 > limit and len(query.encode()) > limit):
+            raise Refused(
+                400,
+                QUERY_TOO_COMPLEX,
+                f"The query text exceeds {limit} bytes",
+                request_error=True,
+            )
+
+    async def _check_rate_limits(
+        self,
+        context: Context,
+        request: HttpRequest,
+        params: GraphQLParams,
+        root_fields: Any,
+        operation: Any,
+    ) -> None:
+        """Count the request against the caller's limits (the user's, else the client
+        address's) and each limited root field of the operation; Refused when one is reached."""
+        limiter = self.rate_limiter
+        if not limiter.enabled:
+            return
+        if context.viewer is not None:
+            caller = f"user:{context.viewer.user_id}"
+        else:
+            caller = "ip:" + client_ip(
+                request.peer, request.forwarded_for, self.settings.trusted_proxies
+            )
+        fields: Counter[str] = Counter()
+        # Cheap filter first: most operations name no field with a limit of its own.
+        assert params.query is not None
+        if any(name in params.query for name in self.limited_fields):
+            fields = root_fields(operation)
+        try:
+            refusal = await limiter.check(caller, fields)
+        except RateLimitUnavailable:
+            raise Refused(
+                503,
+                SERVICE_UNAVAILABLE,
+                "Rate limits cannot be checked; retry later",
+                {"Retry-After": "1"},
+            ) from None
+        if refusal is not None:
+            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
+            raise Refused(
+                429,
+                RATE_LIMITED,
+                f"Too many {what}; retry in {refusal.retry_after}s",
+                {"Retry-After": str(refusal.retry_after)},
+            )
+
+    def _request_errors(self, errors: tuple[GraphQLError, ...], request: HttpRequest) -> Answer:
+        """A request that failed before execution (parse, validation, limits): no `data` at
+        all; 400 for clients of application/graphql-response+json, 200 for old clients."""
+        body = response_data(ExecutionResult(None, list(errors)))
+        body.pop("data", None)
+        media_type = _media_type(request.accept)
+        status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+        return Answer(status, media_type, orjson.dumps(body))
+
+
+def response_data(result: ExecutionResult) -> GraphQLHTTPResponse:
+    """The response body of a result: every error with its stable code, and counted."""
+    result.errors = with_codes(result.errors)
+    if result.errors:
+        for error in result.errors:
+            ERRORS.labels((error.extensions or {}).get("code", "UNKNOWN")).inc()
+    return process_result(result)
+
+
+def refusal_answer(refused: Refused, accept: str | None) -> Answer:
+    """The answer to a request turned away before execution."""
+    ERRORS.labels(refused.code).inc()
+    media_type = _media_type(accept)
+    status = refused.status
+    if refused.request_error:
+        status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+    body = orjson.dumps(error_body(refused.code, refused.message))
+    return Answer(status, media_type, body, refused.headers)
+
+
+def _media_type(accept: str | None) -> str:
+    return GRAPHQL_RESPONSE_JSON if prefers_graphql_response_json(accept) else JSON
+
+
+def prefers_graphql_response_json(accept: str | None) -> bool:
+    """Whether the client asked for application/graphql-response+json at least as much as for
+    application/json (without an Accept header, the spec says: treat it as application/json)."""
+    if not accept or GRAPHQL_RESPONSE_JSON not in accept:
+        return False
+    quality = {GRAPHQL_RESPONSE_JSON: 0.0, JSON: 0.0}
+    for part in accept.split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        if media in quality:
+            q = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() == "q":
+                    try:
+                        q = float(value)
+                    except ValueError:
+                        q = 0.0
+            quality[media] = q
+    return quality[GRAPHQL_RESPONSE_JSON] > 0 and quality[GRAPHQL_RESPONSE_JSON] >= quality[JSON]
+
+
+def _no_operation(name: str | None) -> str:
+    if name is None:
+        return "Can't get GraphQL operation type"
+    return f'Unknown operation named "{name}".'
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Refused(400, BAD_REQUEST, "Unable to parse request body as JSON") from None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The request body, whole (BodyLimitMiddleware bounds it as it streams in)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect  # the error shield knows a client that hung up
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

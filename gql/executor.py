@@ -1,0 +1,56 @@
+"""The executor: runs a validated operation with graphql-core's `execute`, completing objects
+with the execution context the EXECUTOR setting chose (docs/execution.md): our compiled plans
+(`gql.execution`), or graphql-core's reference behaviour as Strawberry runs it. One interface,
+so the pipeline (`gql.endpoint`) does not know which one runs."""
+
+from typing import Any, Literal
+
+from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute
+from graphql.execution import Executor as ExecutionContext
+
+from gql.context import Context
+from gql.execution import CompiledExecutionContext
+from gql.internals import StrawberryExecutionContext, is_awaitable
+
+# The execution context of each EXECUTOR setting. The reference is graphql-core's executor as
+# Strawberry runs it (its subclass only carries the request's `extensions` to `info`).
+EXECUTION_CONTEXTS: dict[str, type[ExecutionContext[Any]]] = {
+    "compiled": CompiledExecutionContext,
+    "reference": StrawberryExecutionContext,
+}
+
+
+class Executor:
+    @classmethod
+    def chosen(cls, schema: GraphQLSchema, setting: Literal["compiled", "reference"]) -> "Executor":
+        return cls(schema, EXECUTION_CONTEXTS[setting])
+
+    def __init__(
+        self, schema: GraphQLSchema, execution_context_class: type[ExecutionContext[Any]]
+    ) -> None:
+        self.schema = schema
+        self.execution_context_class = execution_context_class
+
+    async def execute(
+        self,
+        document: DocumentNode,
+        *,
+        operation_name: str | None,
+        variables: dict[str, Any] | None,
+        context: Context,
+    ) -> ExecutionResult:
+        outcome = execute(
+            self.schema,
+            document,
+            context_value=context,
+            variable_values=variables,
+            operation_name=operation_name,
+            executor_class=self.execution_context_class,
+            is_awaitable=is_awaitable,
+            # Strawberry's execution context takes the request's `extensions` (none here).
+            operation_extensions=None,
+        )
+        if is_awaitable(outcome):
+            outcome = await outcome
+        assert isinstance(outcome, ExecutionResult)
+        return outcome
