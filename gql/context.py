@@ -1,8 +1,7 @@
 """The per-request GraphQL context: session, viewer, loaders, background tasks."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +45,7 @@ class Context(BaseContext):
         # dispatch their batches as concurrent tasks: they take turns through this lock.
         self._db_lock = asyncio.Lock()
         self._closed = False
+        self._turn = SessionTurn(self)
         self._loaders: dict[type[RequestLoader], RequestLoader] = {}
         # What the `_entities` fields of each operation (by id) have cost so far (gql.federation).
         self.entities_cost_spent: dict[int, int] = {}
@@ -57,16 +57,13 @@ class Context(BaseContext):
             loader = self._loaders[loader_class] = loader_class(self)
         return loader  # type: ignore[return-value]
 
-    @asynccontextmanager
-    async def session_turn(self) -> AsyncIterator[AsyncSession]:
-        """The session, to this caller alone until the block ends. Every use of the session
-        goes through here: root fields and loaders run as concurrent tasks, one connection
-        runs one statement at a time, and once the request has closed its session (see
-        `close`) a resolver still running must not check out a new connection."""
-        async with self._db_lock:
-            if self._closed:
-                raise RequestFinished
-            yield self.session
+    def session_turn(self) -> "SessionTurn":
+        """`async with context.session_turn() as session:` the session, to this caller alone
+        until the block ends. Every use of the session goes through here: root fields and
+        loaders run as concurrent tasks, one connection runs one statement at a time, and once
+        the request has closed its session (see `close`) a resolver still running must not
+        check out a new connection."""
+        return self._turn
 
     async def query(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """`operation(session, ...)` in the session's turn (`session_turn`)."""
@@ -90,6 +87,27 @@ class Context(BaseContext):
         if self.viewer is None:
             raise Unauthenticated(self.auth_error or "authentication required")
         return self.viewer
+
+
+class SessionTurn:
+    """The async context manager of `Context.session_turn`: a class, not a generator, as it
+    runs for every statement of every request; one per context, its state is the lock's."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    async def __aenter__(self) -> AsyncSession:
+        context = self._context
+        await context._db_lock.acquire()
+        if context._closed:
+            context._db_lock.release()
+            raise RequestFinished
+        return context.session
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._context._db_lock.release()
 
 
 Info = StrawberryInfo[Context, None]
