@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m gql.serve
+	$(BIN)/python -m gql.transport.serve
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
@@ -48,7 +48,7 @@ clean:
 
 # The SDL contract: tests/test_schema_contract.py fails until schema.graphql matches the code.
 schema: install
-	$(BIN)/python -m gql.export_schema
+	$(BIN)/python -m gql.schema.export
 
 # Node packages pinned by lock files: GraphiQL's assets (served by the app) and the federation
 # gateway of the tests. `npm ci` runs only when a lock changed (the stamp holds its hash).

@@ -21,7 +21,7 @@ def _default_workers() -> int:
 
 
 wsgi_app = "gql.app:app"
-worker_class = "gql.worker.Worker"
+worker_class = "gql.transport.gunicorn_worker.Worker"
 workers = _settings.web_concurrency or _default_workers()
 bind = [_settings.bind or f"{_settings.host}:{_settings.port}"]
 preload_app = False
@@ -29,8 +29,9 @@ preload_app = False
 # which two instances on one host would fight over; off unless an operator wants it.
 control_socket_disable = True
 # X-Forwarded-For/-Proto are believed only from TRUSTED_PROXIES, by the app itself: the worker
-# turns uvicorn's proxy headers off (gql/worker.py), and this (default: loopback, or the
-# FORWARDED_ALLOW_IPS variable) trusts no one should another worker class be swapped in.
+# turns uvicorn's proxy headers off (gql/transport/gunicorn_worker.py), and this (default:
+# loopback, or the FORWARDED_ALLOW_IPS variable) trusts no one should another worker class be
+# swapped in.
 forwarded_allow_ips = ""
 
 timeout = _settings.worker_timeout
@@ -44,7 +45,7 @@ max_requests_jitter = _settings.max_requests_jitter if _settings.max_requests el
 # Logs: access lines (JSON objects) on stdout; gunicorn's own lines and the app's (which
 # propagate to the root logger) on stderr in core.logging's format, correlation ID included.
 loglevel = _settings.log_level.lower()
-logger_class = "gql.worker.JsonAccessLogger"
+logger_class = "gql.transport.gunicorn_worker.JsonAccessLogger"
 accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 access_log_format = (

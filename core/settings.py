@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     max_requests_jitter: int = Field(default=1_000, ge=0)
     access_log: bool = True
 
-    # How reads complete their objects: "compiled" plans (gql/execution.py), or graphql-core's
+    # How reads complete their objects: "compiled" plans (gql/engine/plans.py), or graphql-core's
     # reference executor, which the compiled one must always agree with (docs/execution.md).
     executor: Literal["compiled", "reference"] = "compiled"
 

@@ -12,17 +12,21 @@ from core.redis import RedisCircuit, create_redis
 from core.settings import Settings, get_settings
 from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
-from gql.apq import PersistedQueries, load_manifest
-from gql.documents import DocumentCache
-from gql.endpoint import GraphQLEndpoint
-from gql.executor import Executor
-from gql.graphiql import assets_router
-from gql.health import router as health_router
-from gql.internals import graphql_schema_of
-from gql.metrics import OPERATION_NAMES
-from gql.middleware import BodyLimitMiddleware, CorrelationIdMiddleware, ErrorShieldMiddleware
-from gql.ratelimit import RateLimiter
-from gql.schema import schema
+from gql.engine.documents import DocumentCache
+from gql.engine.executor import Executor
+from gql.engine.internals import graphql_schema_of
+from gql.schema.build import schema
+from gql.transport.apq import PersistedQueries, load_manifest
+from gql.transport.endpoint import GraphQLEndpoint
+from gql.transport.graphiql import assets_router
+from gql.transport.health import router as health_router
+from gql.transport.metrics import OPERATION_NAMES
+from gql.transport.middleware import (
+    BodyLimitMiddleware,
+    CorrelationIdMiddleware,
+    ErrorShieldMiddleware,
+)
+from gql.transport.ratelimit import RateLimiter
 from services.auth import ActorCache
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ def create_app(
         openapi_url=None,
         # No redirect from `/graphql/` to `/graphql`: Starlette builds its URL from the scheme
         # and Host the server saw, `http` behind a TLS proxy (proxy headers are off, see
-        # gql/worker.py); the app builds no URL from them anywhere else.
+        # gql/transport/gunicorn_worker.py); the app builds no URL from them anywhere else.
         redirect_slashes=False,
     )
     app.state.settings = settings

@@ -1,4 +1,4 @@
-"""The servers we ship, run for real (`make run`'s `gql.serve` and gunicorn with
+"""The servers we ship, run for real (`make run`'s `gql.transport.serve` and gunicorn with
 `gunicorn.conf.py`): whose X-Forwarded-For they believe, what their access logs keep of a
 query string, and which production settings they refuse to start with (issue 13: M4, L3, L4)."""
 
@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from gql.access_log import redact_query_string
 from gql.app import create_app
+from gql.transport.access_log import redact_query_string
 from tests.databases import libpq_dsn
 from tests.edge_support import (
     PROJECT_ROOT,
@@ -35,7 +35,7 @@ from tests.edge_support import (
 Kind = Literal["serve", "gunicorn"]
 KINDS: list[Kind] = ["serve", "gunicorn"]
 COMMANDS: dict[Kind, list[str]] = {
-    "serve": [sys.executable, "-m", "gql.serve"],
+    "serve": [sys.executable, "-m", "gql.transport.serve"],
     "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gql.app:app"],
 }
 # Environment variables that would let the test runner's own configuration leak into a server.

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.conftest import StatementCounter, error_codes
 from tests.edge_support import PROJECT_ROOT, app_client, captured_logs, free_port
 from tests.factories import Factory

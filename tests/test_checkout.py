@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
 from db.models import Notification, Order, OrderItem, OrderStatus, Product
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 

@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from gql import execution
-from gql.context import Context
-from gql.ids import to_global_id
-from gql.schema import build_schema, schema
+from gql.engine import plans as execution
+from gql.schema.build import build_schema, schema
+from gql.schema.context import Context
+from gql.schema.ids import to_global_id
 from services.auth import Actor
 from tests.factories import Factory
 

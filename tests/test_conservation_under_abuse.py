@@ -41,7 +41,7 @@ from db.models import (
     Reservation,
     ReservationStatus,
 )
-from gql.ids import row_id_of, to_global_id
+from gql.schema.ids import row_id_of, to_global_id
 from services.worker import sweep_once
 from tests.factories import Factory
 

@@ -19,8 +19,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.utils import ClientDisconnected
 
-from gql.ids import to_global_id
-from gql.ratelimit import client_ip
+from gql.schema.ids import to_global_id
+from gql.transport.ratelimit import client_ip
 from tests.conftest import StatementCounter, error_codes, graphql_post_scope
 from tests.edge_support import app_client, captured_logs, free_port
 from tests.factories import Factory

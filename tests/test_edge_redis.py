@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from core.redis import RedisCircuit, create_redis
-from gql.ratelimit import RateLimiter
+from gql.transport.ratelimit import RateLimiter
 from tests.conftest import error_codes
 from tests.edge_support import (
     REDIS_URL,

@@ -44,11 +44,11 @@ from hypothesis_graphql import nodes, queries
 from core.settings import Settings
 from db.engine import create_db_engine, create_session_factory
 from db.models import OrderStatus, ProductKind
-from gql import execution
 from gql.app import create_app
-from gql.ids import to_global_id
-from gql.internals import graphql_schema_of
-from gql.schema import schema
+from gql.engine import plans as execution
+from gql.engine.internals import graphql_schema_of
+from gql.schema.build import schema
+from gql.schema.ids import to_global_id
 from tests.factories import Factory
 
 T = TypeVar("T")

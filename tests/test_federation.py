@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from core.settings import Settings
 from gql.app import create_app
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 

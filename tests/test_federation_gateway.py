@@ -14,7 +14,7 @@ from core.settings import Settings
 from db.engine import create_db_engine, create_session_factory
 from db.models import Order, Product, User
 from gql.app import create_app
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.conftest import error_codes
 from tests.databases import DatabaseFactory
 from tests.factories import Factory

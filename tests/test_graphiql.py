@@ -13,7 +13,7 @@ from playwright.async_api import Route, async_playwright, expect
 
 from core.settings import PROJECT_ROOT, Settings
 from gql.app import create_app
-from gql.graphiql import NODE_MODULES
+from gql.transport.graphiql import NODE_MODULES
 from tests.factories import Factory
 from tests.live import npm_ci, serving
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gql.errors import is_expected, is_unavailable, with_code
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.conftest import error_codes
 from tests.edge_support import captured_logs
 from tests.factories import Factory

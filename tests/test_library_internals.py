@@ -1,4 +1,4 @@
-"""The private internals of Strawberry and graphql-core that `gql/internals.py` wraps, pinned.
+"""The private internals of Strawberry and graphql-core that gql/engine/internals.py wraps.
 
 Each test states a behaviour the edge relies on (docs/execution.md): if an upgrade of Strawberry
 or graphql-core changes it, the test fails here, by name, instead of the compiled executor
@@ -18,8 +18,7 @@ from graphql import (
 )
 from strawberry.schema.config import StrawberryConfig
 
-from gql.execution import PREFETCHED_PREFIX
-from gql.internals import (
+from gql.engine.internals import (
     FieldDetails,
     FragmentDetails,
     StrawberryExecutionContext,
@@ -31,8 +30,9 @@ from gql.internals import (
     raw_info,
     strawberry_field_of,
 )
-from gql.schema import schema as served_schema
-from gql.types.orders import Order, OrderItem
+from gql.engine.plans import PREFETCHED_PREFIX
+from gql.schema.build import schema as served_schema
+from gql.schema.types.orders import Order, OrderItem
 
 _infos: list[GraphQLResolveInfo[Any]] = []
 
@@ -124,7 +124,7 @@ def test_strawberry_field_of_is_none_for_fields_strawberry_did_not_make() -> Non
 
 
 def test_raw_info_is_graphql_cores_info_with_every_field_node_and_the_fragments() -> None:
-    """`gql.selection` merges the selections of every field node under the response key and
+    """`gql.engine.selection` merges the selections of every field node under the response key and
     looks fragment spreads up in `fragments`."""
     schema = strawberry.Schema(query=Query)
     _infos.clear()
@@ -149,7 +149,7 @@ def test_raw_info_is_graphql_cores_info_with_every_field_node_and_the_fragments(
 
 class _Recording(StrawberryExecutionContext):
     """Records what graphql-core hands `complete_object_value` and what `collect_subfields`
-    makes of it: the hook and the helper of `gql.execution.CompiledExecutionContext`."""
+    makes of it: the hook and the helper of `gql.engine.plans.CompiledExecutionContext`."""
 
     calls: list[dict[str, Any]] = []
     answer: dict[str, Any] | None = None

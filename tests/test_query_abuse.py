@@ -19,9 +19,9 @@ from sqlalchemy import event
 
 from bench.scenarios import ORDER_HISTORY, PRODUCT_BY_ID, PRODUCTS_PAGE
 from core.settings import Settings
-from gql.ids import to_global_id
-from gql.query_limits import QueryTooComplex, query_limits_rule_for
-from gql.schema import schema
+from gql.engine.query_limits import QueryTooComplex, query_limits_rule_for
+from gql.schema.build import schema
+from gql.schema.ids import to_global_id
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.edge_support import app_client
 from tests.factories import Factory

@@ -16,7 +16,7 @@ from db.compiled import driver_connection
 from db.engine import create_db_engine
 from db.models import OrderStatus, ProductKind
 from gql.app import create_app
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from services.catalog import products_by_ids
 from tests.conftest import EXECUTORS, GraphQL, StatementCounter, error_codes, graphql_post_scope
 from tests.databases import libpq_dsn

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
 from db.models import Reservation, ReservationStatus
-from gql.ids import row_id_of, to_global_id
+from gql.schema.ids import row_id_of, to_global_id
 from services.reservations import effective_status
 from services.worker import sweep_once
 from tests.conftest import GraphQL, StatementCounter, error_codes

@@ -1,7 +1,7 @@
 """The committed `schema.graphql` is the schema the code serves: frontends generate their
 clients from it, so a change to the API shows up in review as a change to that file."""
 
-from gql.export_schema import SCHEMA_FILE, schema_sdl
+from gql.schema.export import SCHEMA_FILE, schema_sdl
 
 
 def test_committed_schema_graphql_matches_the_code() -> None:

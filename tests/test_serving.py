@@ -16,7 +16,7 @@ import psutil
 from gunicorn.config import Config
 
 from core.settings import PROJECT_ROOT
-from gql.worker import AccessLogMiddleware, JsonAccessLogger
+from gql.transport.gunicorn_worker import AccessLogMiddleware, JsonAccessLogger
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gql.app:app"]
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 from tests.edge_support import app_client
 from tests.factories import Factory
 

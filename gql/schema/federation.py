@@ -7,9 +7,9 @@ from strawberry.federation.schema import FederationAny
 from strawberry.types import Info
 
 from core.settings import get_settings
+from gql.engine.internals import graphql_schema_of
+from gql.engine.query_limits import entities_cost, query_limits_of
 from gql.errors import QUERY_TOO_COMPLEX, ApiError, BadUserInput
-from gql.internals import graphql_schema_of
-from gql.query_limits import entities_cost, query_limits_of
 
 # The key every entity of this subgraph is fetched by: its Relay global ID.
 ENTITY_KEY = "id"

@@ -6,11 +6,11 @@ from typing import Any
 import strawberry
 
 from db.models import ReservationStatus as ReservationStatusModel
-from gql.context import Info
-from gql.ids import to_global_id
-from gql.loaders import ProductByIdLoader
-from gql.types.common import Node
-from gql.types.products import Product
+from gql.schema.context import Info
+from gql.schema.ids import to_global_id
+from gql.schema.loaders import ProductByIdLoader
+from gql.schema.types.common import Node
+from gql.schema.types.products import Product
 from services.reservations import effective_status
 
 ReservationStatus = strawberry.enum(ReservationStatusModel, name="ReservationStatus")

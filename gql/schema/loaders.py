@@ -9,7 +9,7 @@ from aiodataloader import DataLoader
 from services import catalog, orders, reservations, users
 
 if TYPE_CHECKING:
-    from gql.context import Context
+    from gql.schema.context import Context
 
 Row = Any
 

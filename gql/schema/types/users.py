@@ -5,10 +5,10 @@ from typing import Any
 
 import strawberry
 
-from gql.context import Info
-from gql.ids import row_id_of, to_global_id
-from gql.loaders import UserByIdLoader
-from gql.types.common import Node
+from gql.schema.context import Info
+from gql.schema.ids import row_id_of, to_global_id
+from gql.schema.loaders import UserByIdLoader
+from gql.schema.types.common import Node
 
 
 @strawberry.federation.type(keys=["id"])

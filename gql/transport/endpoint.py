@@ -25,10 +25,8 @@ from strawberry.http import GraphQLHTTPResponse, process_result
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
-from gql.apq import PersistedQueries, is_sha256, sha256_of
-from gql.authentication import authenticate
-from gql.context import Context
-from gql.documents import DocumentCache
+from gql.engine.documents import DocumentCache
+from gql.engine.executor import Executor
 from gql.errors import (
     BAD_REQUEST,
     NOT_FOUND,
@@ -41,10 +39,12 @@ from gql.errors import (
     log_unexpected,
     with_codes,
 )
-from gql.executor import Executor
-from gql.graphiql import graphiql_html
-from gql.metrics import ERRORS, observe_latency
-from gql.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+from gql.schema.context import Context
+from gql.transport.apq import PersistedQueries, is_sha256, sha256_of
+from gql.transport.authentication import authenticate
+from gql.transport.graphiql import graphiql_html
+from gql.transport.metrics import ERRORS, observe_latency
+from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
 
 GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"

@@ -5,9 +5,9 @@ from typing import Annotated
 
 import strawberry
 
-from gql.ids import to_global_id
-from gql.types.orders import Order
-from gql.types.reservations import Reservation
+from gql.schema.ids import to_global_id
+from gql.schema.types.orders import Order
+from gql.schema.types.reservations import Reservation
 from services import errors
 
 

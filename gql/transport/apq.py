@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from core.redis import RedisCircuit
 from core.settings import Settings
-from gql.metrics import REDIS_FAILURES
+from gql.transport.metrics import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from gunicorn.glogging import Logger, SafeAtoms  # type: ignore[import-untyped]
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from core.settings import get_settings
-from gql.access_log import redact_query_string, redact_target
+from gql.transport.access_log import redact_query_string, redact_target
 
 GC_YOUNG_THRESHOLD = 5000
 
@@ -24,7 +24,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# The client's address from the TCP peer and the X-Forwarded-For headers (gql.ratelimit's
+# The client's address from the TCP peer and the X-Forwarded-For headers (gql.transport.ratelimit's
 # client_ip with TRUSTED_PROXIES bound).
 RemoteAddr = Callable[[str | None, list[str]], str]
 
@@ -118,8 +118,8 @@ def _request_headers(scope: Scope) -> list[tuple[str, str]]:
 
 def _environ(scope: Scope, remote_addr: RemoteAddr | None = None) -> dict[str, str]:
     """The WSGI-style environ keys that gunicorn's access-log atoms read. The query string
-    (alone and in the request line) and the Referer's are redacted (gql/access_log.py): GET
-    carries GraphQL variables there."""
+    (alone and in the request line) and the Referer's are redacted
+    (gql/transport/access_log.py): GET carries GraphQL variables there."""
     query = redact_query_string(scope.get("query_string", b"").decode("latin-1"))
     path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
     client = scope.get("client")
@@ -155,7 +155,8 @@ class Worker(UvicornWorker):  # type: ignore[misc]
     from X-Forwarded-For/-Proto of any peer in FORWARDED_ALLOW_IPS (loopback by default)
     before the app runs, so a same-host proxy passing the client's header on would let clients
     pick their rate-limit bucket whatever TRUSTED_PROXIES says. The app reads the header
-    itself, only from TRUSTED_PROXIES (gql.ratelimit.client_ip), and so does the access log."""
+    itself, only from TRUSTED_PROXIES (gql.transport.ratelimit.client_ip), and so does the
+    access log."""
 
     CONFIG_KWARGS = {
         "loop": "uvloop",
@@ -174,11 +175,11 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 def _remote_addr() -> RemoteAddr | None:
     """client_ip with TRUSTED_PROXIES bound; None without any (the peer it is, and no header
     to read per request). Imported in the worker, after the fork: the master imports this
-    module too, and gql.ratelimit brings the app's metrics with it."""
+    module too, and gql.transport.ratelimit brings the app's metrics with it."""
     trusted = get_settings().trusted_proxies
     if not trusted:
         return None
-    from gql.ratelimit import client_ip  # noqa: PLC0415
+    from gql.transport.ratelimit import client_ip  # noqa: PLC0415
 
     def remote_addr(peer: str | None, forwarded_for: list[str]) -> str:
         return client_ip(peer, forwarded_for, trusted)

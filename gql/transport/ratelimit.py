@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from core.redis import RedisCircuit
 from core.settings import Settings
-from gql.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, REDIS_FAILURES
+from gql.transport.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 

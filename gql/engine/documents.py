@@ -29,8 +29,8 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from core.settings import Settings
-from gql.bounded import BoundedCache
-from gql.query_limits import query_limits_rule_for
+from gql.engine.bounded import BoundedCache
+from gql.engine.query_limits import query_limits_rule_for
 
 MAX_DOCUMENTS = 1000
 

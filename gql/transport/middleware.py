@@ -23,7 +23,7 @@ from gql.errors import (
     log_malformed_value,
     malformed_value,
 )
-from gql.metrics import ERRORS
+from gql.transport.metrics import ERRORS
 
 logger = logging.getLogger("gql.errors")
 

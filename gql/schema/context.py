@@ -14,7 +14,7 @@ from services.auth import Actor
 
 
 class RequestLoader(Protocol):
-    """A DataLoader of one request, made from its context (`gql.loaders`)."""
+    """A DataLoader of one request, made from its context (`gql.schema.loaders`)."""
 
     def __init__(self, context: "Context") -> None: ...
 
@@ -47,7 +47,8 @@ class Context(BaseContext):
         self._closed = False
         self._turn = SessionTurn(self)
         self._loaders: dict[type[RequestLoader], RequestLoader] = {}
-        # What the `_entities` fields of each operation (by id) have cost so far (gql.federation).
+        # What the `_entities` fields of each operation (by id) have cost so far
+        # (gql.schema.federation).
         self.entities_cost_spent: dict[int, int] = {}
 
     def loader(self, loader_class: type[LoaderT]) -> LoaderT:

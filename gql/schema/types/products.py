@@ -6,10 +6,10 @@ from typing import Any
 import strawberry
 
 from db.models import ProductKind as ProductKindModel
-from gql.context import Info
-from gql.ids import row_id_of
-from gql.loaders import ProductByIdLoader
-from gql.types.common import Money, Node, instance, node_fields
+from gql.schema.context import Info
+from gql.schema.ids import row_id_of
+from gql.schema.loaders import ProductByIdLoader
+from gql.schema.types.common import Money, Node, instance, node_fields
 
 ProductKind = strawberry.enum(ProductKindModel, name="ProductKind")
 

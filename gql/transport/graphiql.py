@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse
 logger = logging.getLogger(__name__)
 
 ASSETS_PATH = "/graphiql-assets"
-NODE_MODULES = Path(__file__).resolve().parent / "static" / "node_modules"
-TEMPLATE = Path(__file__).resolve().parent / "templates" / "graphiql.html"
+NODE_MODULES = Path(__file__).resolve().parent.parent / "static" / "node_modules"
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "graphiql.html"
 
 # Only these files are served: the UMD bundles that run without a bundler (React 18 still
 # ships UMD builds, and graphiql 3 its standalone `graphiql.min.js`).

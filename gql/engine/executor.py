@@ -1,16 +1,16 @@
 """The executor: runs a validated operation with graphql-core's `execute`, completing objects
 with the execution context the EXECUTOR setting chose (docs/execution.md): our compiled plans
-(`gql.execution`), or graphql-core's reference behaviour as Strawberry runs it. One interface,
-so the pipeline (`gql.endpoint`) does not know which one runs."""
+(`gql.engine.plans`), or graphql-core's reference behaviour as Strawberry runs it. One interface,
+so the pipeline (`gql.transport.endpoint`) does not know which one runs."""
 
 from typing import Any, Literal
 
 from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute
 from graphql.execution import Executor as ExecutionContext
 
-from gql.context import Context
-from gql.execution import CompiledExecutionContext
-from gql.internals import StrawberryExecutionContext, is_awaitable
+from gql.engine.internals import StrawberryExecutionContext, is_awaitable
+from gql.engine.plans import CompiledExecutionContext
+from gql.schema.context import Context
 
 # The execution context of each EXECUTOR setting. The reference is graphql-core's executor as
 # Strawberry runs it (its subclass only carries the request's `extensions` to `info`).

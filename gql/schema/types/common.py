@@ -6,7 +6,7 @@ from typing import Any, Generic, TypeVar
 
 import strawberry
 
-from gql.ids import to_global_id
+from gql.schema.ids import to_global_id
 
 NodeT = TypeVar("NodeT")
 T = TypeVar("T")

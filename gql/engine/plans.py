@@ -2,9 +2,10 @@
 
 graphql-core completes every field of every object through the same general machinery (resolve
 info, awaitable checks, error paths), which dominates the cost of a list of orders with items
-and products (docs/execution.md). Below a root field, our objects are plain: scalar attributes, and
-relations that `gql.prefetch` attached for the whole level. For such selections a plan is
-compiled once per (type, field nodes) and then applied as straight attribute reads.
+and products (docs/execution.md). Below a root field, our objects are plain: scalar attributes,
+and relations that `prefetch_orders` (gql/schema/types/orders.py) attached for the whole level.
+For such selections a plan is compiled once per (type, field nodes) and then applied as
+straight attribute reads.
 
 Anything a plan cannot express exactly (arguments, directives, abstract types, resolvers other
 than prefetched relations) is left to graphql-core; a relation that was not prefetched, or a
@@ -31,7 +32,7 @@ from graphql import (
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode
 from graphql.pyutils import AwaitableOrValue, Path
 
-from gql.internals import (
+from gql.engine.internals import (
     FieldDetails,
     StrawberryExecutionContext,
     collect_subfields,

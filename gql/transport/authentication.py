@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from gql.context import Context
+from gql.schema.context import Context
 from services.auth import Actor, ActorCache, actor_for_token, is_well_formed_token
 
 MAX_TOKEN_LENGTH = 200

@@ -12,8 +12,8 @@ from db.embedded import resolve_database_url
 from db.engine import create_db_engine
 from db.migrate import upgrade_to_head
 from db.seed import demo_users, seed_database
-from gql.access_log import redact_uvicorn_access_log
 from gql.app import create_app
+from gql.transport.access_log import redact_uvicorn_access_log
 
 
 async def _is_empty(url: str) -> bool:
@@ -58,8 +58,9 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's loggers go through our JSON handler
-        # X-Forwarded-For is believed only from TRUSTED_PROXIES, by the app (gql.ratelimit):
-        # uvicorn's own handling would believe it from loopback, whatever that setting says.
+        # X-Forwarded-For is believed only from TRUSTED_PROXIES, by the app
+        # (gql.transport.ratelimit): uvicorn's own handling would believe it from loopback,
+        # whatever that setting says.
         proxy_headers=False,
     )
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from gql.metrics import metrics_endpoint
+from gql.transport.metrics import metrics_endpoint
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Order and OrderItem. Their relations are usually prefetched for a whole list at once
-(`gql.prefetch`), so resolving them is reading an attribute; when they were not, the resolver
-falls back to the request's loaders, still batched."""
+(`prefetch_orders`, below: one batched load per type and level), so resolving them is reading an
+attribute; when they were not, the resolver falls back to the request's loaders, still batched."""
 
 from collections.abc import Awaitable, Container
 from datetime import datetime
@@ -10,18 +10,18 @@ from typing import Any
 import strawberry
 
 from db.models import OrderStatus as OrderStatusModel
-from gql.context import Info
-from gql.ids import row_id_of, to_global_id
-from gql.loaders import (
+from gql.engine.selection import FieldTree, columns_for, selection_tree
+from gql.schema.context import Context, Info
+from gql.schema.ids import row_id_of, to_global_id
+from gql.schema.loaders import (
     ItemsByOrderIdLoader,
     OrderByIdLoader,
     ProductByIdLoader,
     UserByIdLoader,
 )
-from gql.selection import selection_tree
-from gql.types.common import ALL_FIELDS, Money, Node, instance, node_fields
-from gql.types.products import Product
-from gql.types.users import User
+from gql.schema.types.common import ALL_FIELDS, Money, Node, instance, node_fields
+from gql.schema.types.products import PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS, Product
+from gql.schema.types.users import User
 
 OrderStatus = strawberry.enum(OrderStatusModel, name="OrderStatus")
 
@@ -124,9 +124,6 @@ class Order(Node):
         get UNAUTHENTICATED and other users' orders come back as null (the loader filters by
         the services' readable statement). Relations are prefetched as `order(id:)` does;
         the loaders batch the prefetches of every order of the `_entities` call together."""
-        # Imported here because gql.prefetch builds on this module.
-        from gql.prefetch import prefetch_orders  # noqa: PLC0415
-
         row = await info.context.loader(OrderByIdLoader).load(row_id_of(id, "Order"))
         if row is None:
             return None
@@ -134,3 +131,48 @@ class Order(Node):
         wanted = selection_tree(info, on_type="Order")
         await prefetch_orders(info.context, [order], wanted, alone=False)
         return order
+
+
+# Prefetching: a whole level's relations in one batched step per type, so that nested fields of
+# a list are plain attributes instead of one awaitable per object (see docs/execution.md).
+
+
+async def products_by_id(
+    context: Context, ids: set[int], wanted: FieldTree, *, alone: bool
+) -> dict[int, Product]:
+    columns = columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS)
+    loader = context.loader(ProductByIdLoader)
+    rows = await loader.load_level(sorted(ids), alone=alone, columns=columns)
+    return {row["id"]: Product.from_row(row) for row in rows if row is not None}
+
+
+async def prefetch_orders(
+    context: Context, orders: list[Order], wanted: FieldTree, *, alone: bool
+) -> None:
+    """Attach the relations that `wanted` selects below each order. `alone`: the orders are
+    a whole list field's, no sibling field shares their loads (see `load_level`)."""
+    if not orders:
+        return
+    if "items" in wanted:
+        item_rows = await context.loader(ItemsByOrderIdLoader).load_level(
+            [order.row_id for order in orders], alone=alone
+        )
+        all_items: list[OrderItem] = []
+        wanted_items = wanted["items"]
+        for order, rows in zip(orders, item_rows, strict=True):
+            order.prefetched_items = [
+                OrderItem.from_row(row, order.currency, wanted_items) for row in rows
+            ]
+            all_items.extend(order.prefetched_items)
+        if "product" in wanted_items and all_items:
+            product_ids = {item.product_id for item in all_items}
+            wanted_product = wanted_items["product"]
+            products = await products_by_id(context, product_ids, wanted_product, alone=alone)
+            for item in all_items:
+                item.prefetched_product = products.get(item.product_id)
+    if "user" in wanted:
+        user_ids = sorted({order.user_id for order in orders})
+        rows = await context.loader(UserByIdLoader).load_level(user_ids, alone=alone)
+        users = {row["id"]: User.from_row(row) for row in rows if row is not None}
+        for order in orders:
+            order.prefetched_user = users.get(order.user_id)

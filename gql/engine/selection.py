@@ -16,8 +16,8 @@ from graphql import (
     SelectionSetNode,
 )
 
-from gql.context import Info
-from gql.internals import raw_info
+from gql.engine.internals import raw_info
+from gql.schema.context import Info
 
 FieldTree = dict[str, "FieldTree"]
 

@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
 from db.transactions import run_in_transaction
-from gql.context import Context, Info
-from gql.ids import row_id_of
-from gql.types.orders import Order, OrderItem
-from gql.types.payloads import (
+from gql.schema.context import Context, Info
+from gql.schema.ids import row_id_of
+from gql.schema.types.orders import Order, OrderItem
+from gql.schema.types.payloads import (
     CancelOrderPayload,
     CancelOrderSuccess,
     CreateOrderPayload,
@@ -23,7 +23,7 @@ from gql.types.payloads import (
     ReserveProductSuccess,
     user_error,
 )
-from gql.types.reservations import Reservation
+from gql.schema.types.reservations import Reservation
 from services import checkout, reservations
 from services.errors import BusinessError
 

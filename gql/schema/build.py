@@ -5,15 +5,15 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.types import ExecutionContext
 
+from gql.engine.plans import CompiledExecutionContext
 from gql.errors import log_unexpected
-from gql.execution import CompiledExecutionContext
-from gql.federation import SubgraphSchema
-from gql.mutations import Mutation
-from gql.queries import Query
-from gql.types.orders import Order
-from gql.types.products import Product
-from gql.types.reservations import Reservation
-from gql.types.users import User
+from gql.schema.federation import SubgraphSchema
+from gql.schema.mutations import Mutation
+from gql.schema.queries import Query
+from gql.schema.types.orders import Order
+from gql.schema.types.products import Product
+from gql.schema.types.reservations import Reservation
+from gql.schema.types.users import User
 
 
 class Schema(SubgraphSchema):
@@ -28,7 +28,8 @@ class Schema(SubgraphSchema):
 def build_schema(**overrides: Any) -> Schema:
     """The schema. `schema.execute` (tools, tests) completes objects with the compiled plans
     unless `execution_context_class` says otherwise; served requests go through the pipeline
-    (gql.endpoint), which parses, validates and executes with the executor the settings chose."""
+    (gql.transport.endpoint), which parses, validates and executes with the executor the
+    settings chose."""
     overrides.setdefault("execution_context_class", CompiledExecutionContext)
     return Schema(
         query=Query,

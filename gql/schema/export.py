@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from core.settings import PROJECT_ROOT
-from gql.schema import schema
+from gql.schema.build import schema
 
 SCHEMA_FILE = PROJECT_ROOT / "schema.graphql"
 

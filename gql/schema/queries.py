@@ -5,23 +5,33 @@ from decimal import Decimal
 import strawberry
 
 from db.models import ProductKind as ProductKindModel
-from gql.context import Context, Info
-from gql.cursors import decode_cursor, decode_id_cursor, encode_cursor
+from gql.engine.selection import FieldTree, columns_for, selection_tree, subtree
 from gql.errors import Unauthenticated
-from gql.ids import from_global_id, row_id_of
-from gql.loaders import (
+from gql.schema.context import Context, Info
+from gql.schema.cursors import decode_cursor, decode_id_cursor, encode_cursor
+from gql.schema.ids import from_global_id, row_id_of
+from gql.schema.loaders import (
     OrderByIdLoader,
     ProductByIdLoader,
     ReservationByIdLoader,
     UserByIdLoader,
 )
-from gql.prefetch import prefetch_orders
-from gql.selection import FieldTree, columns_for, selection_tree, subtree
-from gql.types.common import Connection, Node, connection_of
-from gql.types.orders import ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS, Order, OrderStatus
-from gql.types.products import PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS, Product, ProductKind
-from gql.types.reservations import Reservation, ReservationStatus
-from gql.types.users import User
+from gql.schema.types.common import Connection, Node, connection_of
+from gql.schema.types.orders import (
+    ORDER_FIELD_COLUMNS,
+    ORDER_KEY_COLUMNS,
+    Order,
+    OrderStatus,
+    prefetch_orders,
+)
+from gql.schema.types.products import (
+    PRODUCT_FIELD_COLUMNS,
+    PRODUCT_KEY_COLUMNS,
+    Product,
+    ProductKind,
+)
+from gql.schema.types.reservations import Reservation, ReservationStatus
+from gql.schema.types.users import User
 from services import catalog, orders, reservations
 from services.errors import InvalidInput
 from services.pagination import check_page_size

@@ -10,16 +10,16 @@ compiled executor (docs/execution.md, "Private library internals we rely on").
 What each name wraps, and who relies on it:
 
 - `graphql_schema_of`: Strawberry's `Schema._schema`, the graphql-core schema operations run
-  on (`_entities` cost in `gql.federation`, executing a prepared document).
-- `raw_info`: Strawberry's `Info._raw_info`, graphql-core's resolve info (`gql.selection`
+  on (`_entities` cost in `gql.schema.federation`, executing a prepared document).
+- `raw_info`: Strawberry's `Info._raw_info`, graphql-core's resolve info (`gql.engine.selection`
   reads its field nodes and fragments).
 - `strawberry_field_of`: the `"strawberry-definition"` key (`DEFINITION_BACKREF`) of a GraphQL
-  field's extensions, the StrawberryField behind it (`gql.execution`: the Python attribute
+  field's extensions, the StrawberryField behind it (`gql.engine.plans`: the Python attribute
   and the class that declares the field).
 - `is_default_resolver`: the `_is_default` mark Strawberry sets on a field's resolver
-  (`gql.execution`: a plain attribute read, which a plan may inline).
+  (`gql.engine.plans`: a plain attribute read, which a plan may inline).
 - `StrawberryExecutionContext`: `strawberry.schema.schema.StrawberryGraphQLCoreExecutionContext`,
-  the base of `gql.execution.CompiledExecutionContext`, which overrides graphql-core's
+  the base of `gql.engine.plans.CompiledExecutionContext`, which overrides graphql-core's
   `complete_object_value(return_type, field_details_list, info, path, result, ...)`.
 - `collect_subfields`: graphql-core's `Executor.collect_subfields` (private, memoized), the
   fields a plan completes.
