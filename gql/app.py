@@ -1,11 +1,13 @@
 """The FastAPI application: `create_app()` builds one; `app` is the default instance."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from core.logging import configure_logging
 from core.redis import RedisCircuit, create_redis
@@ -32,6 +34,17 @@ from services.auth import ActorCache
 logger = logging.getLogger(__name__)
 
 __all__ = ["app", "create_app"]
+
+
+class EdgeApp(FastAPI):
+    """FastAPI behind our edge: `build_middleware_stack` puts the edge's layers (`edge`, set by
+    `create_app`) outside FastAPI's own stack, so a GraphQL request meets only ours: FastAPI's
+    error, telemetry and body-limit layers and its routing serve the other paths."""
+
+    edge: Callable[[ASGIApp], ASGIApp] = staticmethod(lambda routes: routes)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.edge(super().build_middleware_stack())
 
 
 def create_app(
@@ -72,7 +85,7 @@ def create_app(
             if redis is not None:
                 await redis.aclose()
 
-    app = FastAPI(
+    app = EdgeApp(
         title="Booking GraphQL gateway",
         lifespan=lifespan,
         docs_url=None,
@@ -95,10 +108,7 @@ def create_app(
     app.include_router(health_router)
     if not settings.is_production:
         app.include_router(assets_router())
-    # The last added is the outermost. The correlation ID is set before anything else runs;
-    # CORS sits outside the shield, so a browser can read even a shielded 500. The GraphQL
-    # endpoint is innermost: all of these apply to it; other paths go on to FastAPI's routes.
-    app.add_middleware(
+    endpoint = partial(
         GraphQLEndpoint,
         settings=settings,
         documents=documents,
@@ -109,18 +119,27 @@ def create_app(
         state=app.state,
         graphiql=not settings.is_production,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ErrorShieldMiddleware)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
-            expose_headers=["X-Correlation-ID", "Retry-After"],  # readable on a 429
-            max_age=600,
-        )
-    app.add_middleware(CorrelationIdMiddleware)
+
+    def edge(routes: ASGIApp) -> ASGIApp:
+        """The layers every request meets, outermost last: the correlation ID is set before
+        anything else runs; CORS sits outside the shield, so a browser can read even a
+        shielded 500; the GraphQL endpoint is innermost and answers /graphql itself, other
+        paths go on to FastAPI's routes (and FastAPI's own middleware)."""
+        layered: ASGIApp = endpoint(routes)
+        layered = BodyLimitMiddleware(layered, max_bytes=settings.max_request_bytes)
+        layered = ErrorShieldMiddleware(layered)
+        if settings.cors_origins:
+            layered = CORSMiddleware(
+                layered,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
+                expose_headers=["X-Correlation-ID", "Retry-After"],  # readable on a 429
+                max_age=600,
+            )
+        return CorrelationIdMiddleware(layered)
+
+    app.edge = edge
     return app
 
 

@@ -21,7 +21,6 @@ from prometheus_client import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
-from strawberry.types import ExecutionContext
 
 from services import outbox
 
@@ -92,14 +91,6 @@ OPERATION_NAMES = OperationNames(200)
 
 
 _latency_series: dict[tuple[str, str], Any] = {}
-
-
-def observe_operation(execution_context: ExecutionContext, seconds: float) -> None:
-    try:
-        operation_type = execution_context.operation_type.value
-    except RuntimeError:  # the document did not parse or names no such operation
-        operation_type = "unknown"
-    observe_latency(execution_context.operation_name, operation_type, seconds)
 
 
 def observe_latency(operation_name: str | None, operation_type: str, seconds: float) -> None:
