@@ -5,12 +5,23 @@ stock, so it comes back exactly once however many releases and sweepers race for
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Interval, bindparam, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Interval,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
 from db.arrays import equals_any
-from db.models import Reservation, ReservationStatus
+from db.models import Product, Reservation, ReservationStatus
 from db.rows import LightRow, LightSelect
 from services import stock
 from services.auth import Actor
@@ -107,6 +118,39 @@ _INSERT_HOLD = (
 )
 
 
+# The common case in one statement: take the units if the product has them (the conditional
+# UPDATE waits for, then re-checks, a concurrent taker's row) and insert the hold from what it
+# returned. The product's row lock is then held for this statement and the COMMIT only, not
+# across the round trips of lock, update and insert: with many clients holding one product,
+# each waited for all of those of every client before it.
+_taken = (
+    update(Product)
+    .where(
+        Product.id == bindparam("product_id", type_=BigInteger()),
+        Product.stock >= bindparam("quantity", type_=Integer()),
+    )
+    .values(stock=Product.stock - bindparam("quantity", type_=Integer()), updated_at=func.now())
+    .returning(Product.id)
+    .cte("taken")
+)
+_reservations_table = Reservation.metadata.tables[Reservation.__tablename__]
+_TAKE_AND_HOLD = (
+    insert(_reservations_table)
+    .from_select(
+        ["user_id", "product_id", "quantity", "status", "expires_at"],
+        select(
+            bindparam("user_id", type_=BigInteger()),
+            _taken.c.id,
+            bindparam("quantity", type_=Integer()),
+            literal(ReservationStatus.HELD, type_=_reservations_table.c.status.type),
+            func.now() + bindparam("ttl", type_=Interval()),
+        ),
+    )
+    .add_cte(_taken)
+    .returning(*RESERVATION_COLUMNS)
+)
+
+
 async def reserve_product(
     session: AsyncSession,
     actor: Actor,
@@ -127,6 +171,16 @@ async def reserve_product(
             f"ttlSeconds must be between {settings.hold_ttl_min_seconds} "
             f"and {settings.hold_ttl_max_seconds}"
         )
+    values = {
+        "user_id": actor.user_id,
+        "product_id": product_id,
+        "quantity": quantity,
+        "ttl": timedelta(seconds=ttl_seconds),
+    }
+    held = (await session.execute(_TAKE_AND_HOLD, values)).first()
+    if held is not None:
+        return held
+    # No such product, or too few units: under the lock, reclaim lapsed holds or say which.
     locked = await stock.lock_products(session, [product_id])
     product = locked.get(product_id)
     if product is None:
@@ -137,13 +191,7 @@ async def reserve_product(
         if available < quantity:
             raise InsufficientStock(product_id, requested=quantity, available=available)
     await stock.adjust(session, {product_id: -quantity})
-    values = {
-        "user_id": actor.user_id,
-        "product_id": product_id,
-        "quantity": quantity,
-        "status": ReservationStatus.HELD,
-        "ttl": timedelta(seconds=ttl_seconds),
-    }
+    values["status"] = ReservationStatus.HELD
     return (await session.execute(_INSERT_HOLD, values)).one()
 
 

@@ -102,6 +102,21 @@ async def test_reserving_takes_stock_and_releasing_gives_it_back_once(
     assert await stock_of(session_factory, product) == 5
 
 
+async def test_a_hold_the_stock_allows_is_taken_in_one_statement(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    """The product's row lock is held for that statement and the commit only (before: lock,
+    update and insert, three round trips under the lock of a hot product)."""
+    _, token = await factory.user()
+    product = await factory.product(stock=5)
+    statements.reset()
+    held = await reserve(gql, token, product, 2, ttlSeconds=600)
+    assert held["__typename"] == "ReserveProductSuccess"
+    writes = [s for s in statements.statements if "products" in s or "reservations" in s]
+    assert len(writes) == 2, statements.statements  # the hold; the product of its selection
+    assert writes[0].lstrip().startswith("WITH taken AS"), writes[0]
+
+
 async def test_a_hold_beyond_the_stock_is_insufficient_stock(
     factory: Factory, gql: GraphQL
 ) -> None:
