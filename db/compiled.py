@@ -94,8 +94,10 @@ async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) 
     return rows
 
 
-async def fetch_many(
-    session: AsyncSession, query: CompiledQuery, keys: Sequence[Any], **parameters: Any
-) -> list[Record]:
-    """`query` with its `keys` parameter bound to an array of `keys`."""
-    return await fetch(session, query, keys=list(keys), **parameters)
+async def fetch_by_id(
+    session: AsyncSession, query: CompiledQuery, ids: Sequence[int], **parameters: Any
+) -> dict[int, Record]:
+    """`query` with its `keys` parameter bound to an array of `ids`, its rows by their `id`
+    column; ids that match no row are simply absent."""
+    rows = await fetch(session, query, keys=list(ids), **parameters)
+    return {row["id"]: row for row in rows}

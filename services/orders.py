@@ -11,7 +11,15 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, columns_named, compile_query, exact_text, fetch
+from db.compiled import (
+    CompiledQuery,
+    Record,
+    columns_named,
+    compile_query,
+    exact_text,
+    fetch,
+    fetch_by_id,
+)
 from db.models import Order, OrderItem, OrderStatus
 from db.rows import LightSelect
 from services.auth import Actor
@@ -103,8 +111,7 @@ async def readable_orders_by_ids(
 ) -> dict[int, Record]:
     """The orders among `ids` that `actor` may read; the others are absent, as if missing."""
     query = _orders_by_ids_query(admin=actor.is_admin)
-    rows = await fetch(session, query, keys=list(ids), actor_id=actor.user_id)
-    return {row["id"]: row for row in rows}
+    return await fetch_by_id(session, query, ids, actor_id=actor.user_id)
 
 
 async def items_by_order_ids(

@@ -339,48 +339,40 @@ async def _deliver_one(
         correlation_id_var.reset(token)
 
 
-def _failed_matching(
-    *, kind: str | None, older_than: timedelta | None, newer_than: timedelta | None
-) -> tuple[ColumnElement[bool], ...]:
-    """`FAILED` rows, narrowed by kind and by age (since the notification was written)."""
-    conditions: list[ColumnElement[bool]] = [Notification.status == NotificationStatus.FAILED]
-    if kind is not None:
-        conditions.append(Notification.kind == kind)
-    if older_than is not None:
-        conditions.append(Notification.created_at <= func.now() - older_than)
-    if newer_than is not None:
-        conditions.append(Notification.created_at > func.now() - newer_than)
-    return tuple(conditions)
+@dataclass(frozen=True, slots=True)
+class FailedFilter:
+    """Which `FAILED` rows an operator re-drives: of this kind, and by age (since the
+    notification was written); None matches any."""
+
+    kind: str | None = None
+    older_than: timedelta | None = None
+    newer_than: timedelta | None = None
+
+    def conditions(self) -> tuple[ColumnElement[bool], ...]:
+        conditions: list[ColumnElement[bool]] = [Notification.status == NotificationStatus.FAILED]
+        if self.kind is not None:
+            conditions.append(Notification.kind == self.kind)
+        if self.older_than is not None:
+            conditions.append(Notification.created_at <= func.now() - self.older_than)
+        if self.newer_than is not None:
+            conditions.append(Notification.created_at > func.now() - self.newer_than)
+        return tuple(conditions)
 
 
-async def count_failed(
-    session: AsyncSession,
-    *,
-    kind: str | None = None,
-    older_than: timedelta | None = None,
-    newer_than: timedelta | None = None,
-) -> int:
-    """How many `FAILED` rows `requeue_failed` with the same filters would re-queue."""
-    conditions = _failed_matching(kind=kind, older_than=older_than, newer_than=newer_than)
-    count = await session.scalar(select(func.count()).select_from(Notification).where(*conditions))
-    return int(count or 0)
+async def count_failed(session: AsyncSession, which: FailedFilter) -> int:
+    """How many `FAILED` rows `requeue_failed` with the same filter would re-queue."""
+    statement = select(func.count()).select_from(Notification).where(*which.conditions())
+    return int(await session.scalar(statement) or 0)
 
 
-async def requeue_failed(
-    session: AsyncSession,
-    *,
-    kind: str | None = None,
-    older_than: timedelta | None = None,
-    newer_than: timedelta | None = None,
-) -> int:
+async def requeue_failed(session: AsyncSession, which: FailedFilter) -> int:
     """Put `FAILED` notifications back in the queue after the outage that failed them: pending,
     due now, with their attempts reset to 0 so they get the whole retry schedule again (with the
     old count they would fail on their first new error). `last_error` is kept until the next
     outcome. Returns how many were re-queued."""
-    conditions = _failed_matching(kind=kind, older_than=older_than, newer_than=newer_than)
     result = await session.execute(
         update(Notification)
-        .where(*conditions)
+        .where(*which.conditions())
         .values(status=NotificationStatus.PENDING, attempts=0, next_attempt_at=func.now())
         .execution_options(synchronize_session=False)
     )
@@ -388,9 +380,9 @@ async def requeue_failed(
     logger.info(
         "%d failed notifications re-queued (kind %s, older than %s, newer than %s)",
         requeued,
-        kind or "any",
-        older_than,
-        newer_than,
+        which.kind or "any",
+        which.older_than,
+        which.newer_than,
     )
     return requeued
 

@@ -7,7 +7,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, compile_query, fetch
+from db.compiled import CompiledQuery, Record, compile_query, fetch_by_id
 from db.models import User
 from db.rows import LightSelect
 from services.auth import Actor
@@ -32,5 +32,4 @@ async def readable_users_by_ids(
     session: AsyncSession, actor: Actor, ids: Sequence[int]
 ) -> dict[int, Record]:
     query = _users_by_ids_query(admin=actor.is_admin)
-    rows = await fetch(session, query, keys=list(ids), actor_id=actor.user_id)
-    return {row["id"]: row for row in rows}
+    return await fetch_by_id(session, query, ids, actor_id=actor.user_id)

@@ -168,14 +168,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def requeue_failed(
-    settings: Settings,
-    *,
-    kind: str | None,
-    older_than: timedelta | None,
-    newer_than: timedelta | None,
-    dry_run: bool,
-) -> int:
+async def requeue_failed(settings: Settings, which: outbox.FailedFilter, *, dry_run: bool) -> int:
     """The `requeue-failed` command: how many matched (and, unless a dry run, were re-queued)."""
     url = resolve_database_url(settings.database_url, settings.data_dir)
     engine = create_db_engine(url, settings)
@@ -183,9 +176,7 @@ async def requeue_failed(
     try:
         async with create_session_factory(engine)() as session:
             return await run_in_transaction(
-                session,
-                lambda s: work(s, kind=kind, older_than=older_than, newer_than=newer_than),
-                attempts=settings.db_transaction_attempts,
+                session, lambda s: work(s, which), attempts=settings.db_transaction_attempts
             )
     finally:
         await engine.dispose()
@@ -195,15 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _arguments(argv)
     settings = get_settings()
     if arguments.command == "requeue-failed":
-        count = asyncio.run(
-            requeue_failed(
-                settings,
-                kind=arguments.kind,
-                older_than=arguments.older_than,
-                newer_than=arguments.newer_than,
-                dry_run=arguments.dry_run,
-            )
-        )
+        which = outbox.FailedFilter(arguments.kind, arguments.older_than, arguments.newer_than)
+        count = asyncio.run(requeue_failed(settings, which, dry_run=arguments.dry_run))
         verb = "would be re-queued (dry run)" if arguments.dry_run else "re-queued"
         print(f"{count} failed notifications {verb}")
         return

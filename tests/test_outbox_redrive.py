@@ -86,7 +86,7 @@ async def requeue(
         return await run_in_transaction(
             session,
             lambda s: outbox.requeue_failed(
-                s, kind=kind, older_than=older_than, newer_than=newer_than
+                s, outbox.FailedFilter(kind=kind, older_than=older_than, newer_than=newer_than)
             ),
             attempts=1,
         )

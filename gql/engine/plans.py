@@ -28,6 +28,7 @@ from graphql import (
     GraphQLResolveInfo,
     GraphQLScalarType,
     GraphQLString,
+    get_nullable_type,
 )
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode
 from graphql.pyutils import AwaitableOrValue, Path
@@ -240,24 +241,17 @@ class CompiledExecutionContext(StrawberryExecutionContext):
         value: str,
     ) -> str:
         """An expression completing `value` (a plain name, so reading it twice is free)."""
-        if isinstance(output_type, GraphQLNonNull):
-            inner = self._write_nullable(writer, output_type.of_type, details, value)
+        non_null = isinstance(output_type, GraphQLNonNull)
+        nullable_type = get_nullable_type(output_type)
+        if isinstance(nullable_type, GraphQLList):
+            item = self._write_value(writer, nullable_type.of_type, details, "x")
+            inner = f"[{item} for x in {value}]"
+        elif isinstance(nullable_type, (GraphQLScalarType, GraphQLEnumType)):
+            inner = _leaf_expression(writer, nullable_type, value)
+        elif isinstance(nullable_type, GraphQLObjectType):
+            inner = f"{self._write_object(writer, nullable_type, details)}({value})"
+        else:
+            raise NotCompilable  # interfaces and unions need run-time type resolution
+        if non_null:
             return f"({inner} if {value} is not None else _not_ready())"
-        inner = self._write_nullable(writer, output_type, details, value)
         return f"(None if {value} is None else {inner})"
-
-    def _write_nullable(
-        self,
-        writer: _PlanWriter,
-        output_type: GraphQLOutputType,
-        details: Sequence[FieldDetails],
-        value: str,
-    ) -> str:
-        if isinstance(output_type, GraphQLList):
-            item = self._write_value(writer, output_type.of_type, details, "x")
-            return f"[{item} for x in {value}]"
-        if isinstance(output_type, (GraphQLScalarType, GraphQLEnumType)):
-            return _leaf_expression(writer, output_type, value)
-        if isinstance(output_type, GraphQLObjectType):
-            return f"{self._write_object(writer, output_type, details)}({value})"
-        raise NotCompilable  # interfaces and unions need run-time type resolution

@@ -1,17 +1,21 @@
 """Per-request DataLoaders: each batches its keys into one `= ANY(:keys)` statement and
 answers in key order. They hand back light rows; the types turn rows into GraphQL objects."""
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiodataloader import DataLoader
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import catalog, orders, reservations, users
+from services.auth import Actor
 
 if TYPE_CHECKING:
     from gql.schema.context import Context
 
 Row = Any
+# A service's read of the rows among some ids that an actor may read (`orders.readable_...`).
+ReadableByIds = Callable[[AsyncSession, Actor, Sequence[int]], Awaitable[Mapping[int, Row]]]
 
 
 class _SessionLoader(DataLoader[Any, Any]):
@@ -31,12 +35,19 @@ class _SessionLoader(DataLoader[Any, Any]):
             return await self.batch_load_fn(keys)
         return await self.load_many(keys)
 
+    async def _load_readable(
+        self, readable_by_ids: ReadableByIds, keys: Sequence[int]
+    ) -> list[Row | None]:
+        """The rows of `keys` that the viewer may read, in key order; None for the others."""
+        actor = self.context.require_viewer()
+        async with self.context.session_turn() as session:
+            found = await readable_by_ids(session, actor, keys)
+        return [found.get(key) for key in keys]
+
 
 class ProductByIdLoader(_SessionLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        async with self.context.session_turn() as session:
-            found = await catalog.products_by_ids(session, keys)
-        return [found.get(key) for key in keys]
+        return await self.load_level(keys, alone=True)
 
     async def load_level(
         self, keys: Sequence[Any], *, alone: bool, columns: tuple[str, ...] | None = None
@@ -60,27 +71,18 @@ class OrderByIdLoader(_SessionLoader):
     """Only orders the viewer may read; others come back as None, like missing ones."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        actor = self.context.require_viewer()
-        async with self.context.session_turn() as session:
-            found = await orders.readable_orders_by_ids(session, actor, keys)
-        return [found.get(key) for key in keys]
+        return await self._load_readable(orders.readable_orders_by_ids, keys)
 
 
 class UserByIdLoader(_SessionLoader):
     """Only users the viewer may read: themselves, or anyone for an admin."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        actor = self.context.require_viewer()
-        async with self.context.session_turn() as session:
-            found = await users.readable_users_by_ids(session, actor, keys)
-        return [found.get(key) for key in keys]
+        return await self._load_readable(users.readable_users_by_ids, keys)
 
 
 class ReservationByIdLoader(_SessionLoader):
     """Only reservations the viewer may read; others come back as None, like missing ones."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        actor = self.context.require_viewer()
-        async with self.context.session_turn() as session:
-            found = await reservations.readable_reservations_by_ids(session, actor, keys)
-        return [found.get(key) for key in keys]
+        return await self._load_readable(reservations.readable_reservations_by_ids, keys)

@@ -2,12 +2,13 @@
 (`prefetch_orders`, below: one batched load per type and level), so resolving them is reading an
 attribute; when they were not, the resolver falls back to the request's loaders, still batched."""
 
-from collections.abc import Awaitable, Container
+from collections.abc import Awaitable, Callable, Container
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
+from aiodataloader import DataLoader
 
 from db.models import OrderStatus as OrderStatusModel
 from gql.engine.selection import FieldTree, columns_for, selection_tree
@@ -38,6 +39,26 @@ ORDER_FIELD_COLUMNS = {
 }
 ORDER_KEY_COLUMNS = ("id", "user_id", "currency")
 
+T = TypeVar("T")
+
+
+def _prefetched_or_loaded(
+    prefetched: T | None,
+    info: Info,
+    loader_class: type[DataLoader[int, Any]],
+    key: int,
+    from_row: Callable[[Any], T],
+) -> T | Awaitable[T]:
+    """A relation's prefetched value or, when it was not prefetched, its row(s) through the
+    request's loader (batched with the other objects' loads) made into the type by `from_row`."""
+    if prefetched is not None:
+        return prefetched
+    return _loaded(info.context.loader(loader_class), key, from_row)
+
+
+async def _loaded(loader: DataLoader[int, Any], key: int, from_row: Callable[[Any], T]) -> T:
+    return from_row(await loader.load(key))
+
 
 @strawberry.type
 class OrderItem:
@@ -50,13 +71,9 @@ class OrderItem:
 
     @strawberry.field(graphql_type=Product)  # type: ignore[untyped-decorator]
     def product(self, info: Info) -> Product | Awaitable[Product]:
-        if self.prefetched_product is not None:
-            return self.prefetched_product
-        return self._load_product(info)
-
-    async def _load_product(self, info: Info) -> Product:
-        row = await info.context.loader(ProductByIdLoader).load(self.product_id)
-        return Product.from_row(row)
+        return _prefetched_or_loaded(
+            self.prefetched_product, info, ProductByIdLoader, self.product_id, Product.from_row
+        )
 
     @classmethod
     def from_row(cls, row: Any, currency: str, wanted: Container[str] = ALL_FIELDS) -> "OrderItem":
@@ -92,23 +109,18 @@ class Order(Node):
 
     @strawberry.field(graphql_type=list[OrderItem])  # type: ignore[untyped-decorator]
     def items(self, info: Info) -> list[OrderItem] | Awaitable[list[OrderItem]]:
-        if self.prefetched_items is not None:
-            return self.prefetched_items
-        return self._load_items(info)
+        return _prefetched_or_loaded(
+            self.prefetched_items, info, ItemsByOrderIdLoader, self.row_id, self._items_from_rows
+        )
 
-    async def _load_items(self, info: Info) -> list[OrderItem]:
-        rows = await info.context.loader(ItemsByOrderIdLoader).load(self.row_id)
+    def _items_from_rows(self, rows: list[Any]) -> list[OrderItem]:
         return [OrderItem.from_row(row, self.currency) for row in rows]
 
     @strawberry.field(graphql_type=User)  # type: ignore[untyped-decorator]
     def user(self, info: Info) -> User | Awaitable[User]:
-        if self.prefetched_user is not None:
-            return self.prefetched_user
-        return self._load_user(info)
-
-    async def _load_user(self, info: Info) -> User:
-        row = await info.context.loader(UserByIdLoader).load(self.user_id)
-        return User.from_row(row)
+        return _prefetched_or_loaded(
+            self.prefetched_user, info, UserByIdLoader, self.user_id, User.from_row
+        )
 
     @classmethod
     def from_row(cls, row: Any) -> "Order":
