@@ -12,7 +12,7 @@ the FastAPI app behind it serves the rest (health, metrics, GraphiQL's assets).
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -45,6 +45,8 @@ from gql.transport.authentication import authenticate
 from gql.transport.graphiql import graphiql_html
 from gql.transport.metrics import ERRORS, observe_latency
 from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+
+T = TypeVar("T")
 
 GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
@@ -249,9 +251,7 @@ class GraphQLEndpoint:
         accept = request.accept or ""
         return "text/html" in accept or ("query" not in params and "*/*" in accept)
 
-    async def _params(  # noqa: PLR0912
-        self, request: HttpRequest, receive: Receive
-    ) -> GraphQLParams:
+    async def _params(self, request: HttpRequest, receive: Receive) -> GraphQLParams:
         if request.method == "GET":
             data: Any = {}
             for key, value in parse_qsl(
@@ -273,25 +273,12 @@ class GraphQLEndpoint:
             raise Refused(
                 400, BAD_REQUEST, "The request body must be a JSON object (a GraphQL request)"
             )
-        query, variables = data.get("query"), data.get("variables")
-        operation_name, extensions = data.get("operationName"), data.get("extensions")
-        if not isinstance(query, str | None):
-            raise Refused(
-                400, BAD_REQUEST, "The GraphQL operation's `query` must be a string or null"
-            )
-        if not isinstance(variables, dict | None):
-            raise Refused(
-                400, BAD_REQUEST, "The GraphQL operation's `variables` must be an object or null"
-            )
-        if not isinstance(extensions, dict | None):
-            raise Refused(
-                400, BAD_REQUEST, "The GraphQL operation's `extensions` must be an object or null"
-            )
-        if not isinstance(operation_name, str | None):
-            raise Refused(
-                400, BAD_REQUEST, "The GraphQL operation's `operationName` must be a string"
-            )
-        return GraphQLParams(query, variables, operation_name, extensions)
+        return GraphQLParams(
+            query=_member(data, "query", str, "a string or null"),
+            variables=_member(data, "variables", dict, "an object or null"),
+            operation_name=_member(data, "operationName", str, "a string"),
+            extensions=_member(data, "extensions", dict, "an object or null"),
+        )
 
     async def _resolve_persisted(self, params: GraphQLParams) -> GraphQLParams:
         """Apollo APQ: the hash alone runs a known query; hash and query register it (once the
@@ -438,6 +425,14 @@ def prefers_graphql_response_json(accept: str | None) -> bool:
                         q = 0.0
             quality[media] = q
     return quality[GRAPHQL_RESPONSE_JSON] > 0 and quality[GRAPHQL_RESPONSE_JSON] >= quality[JSON]
+
+
+def _member(data: dict[str, Any], key: str, kind: type[T], expected: str) -> T | None:
+    """A member of the request object, of `kind` or absent (null)."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise Refused(400, BAD_REQUEST, f"The GraphQL operation's `{key}` must be {expected}")
+    return value
 
 
 def _no_operation(name: str | None) -> str:
