@@ -5,6 +5,8 @@ or graphql-core changes it, the test fails here, by name, instead of the compile
 answering wrongly somewhere else. No database: small schemas, plus the served one."""
 
 import asyncio
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -16,6 +18,9 @@ from graphql import (
     GraphQLResolveInfo,
     GraphQLSchema,
 )
+from limits import parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from strawberry.schema.config import StrawberryConfig
 
 from gql.engine.internals import (
@@ -27,12 +32,14 @@ from gql.engine.internals import (
     graphql_schema_of,
     is_awaitable,
     is_default_resolver,
+    moving_window_acquire,
     raw_info,
     strawberry_field_of,
 )
 from gql.engine.plans import PREFETCHED_PREFIX
 from gql.schema.build import schema as served_schema
 from gql.schema.types.orders import Order, OrderItem
+from tests.edge_support import REDIS_URL
 
 _infos: list[GraphQLResolveInfo[Any]] = []
 
@@ -290,3 +297,29 @@ def test_is_awaitable_tells_awaitables_from_plain_values() -> None:
         assert is_awaitable(loop.create_future())
     finally:
         loop.close()
+
+
+async def test_the_moving_window_script_counts_as_the_storage_does() -> None:
+    """Hits sent through the adapter's script land where `limits`' own moving window reads
+    them: same key prefix, same arguments, same verdicts (against the Redis of the tests)."""
+    prefix = f"test-internals-{uuid.uuid4().hex[:12]}"
+    storage = RedisStorage(
+        "async+" + REDIS_URL, implementation="redispy", key_prefix=prefix, wrap_exceptions=True
+    )
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("3/minute")
+    script, prefixed_key, client = moving_window_acquire(storage)
+    key = item.key_for("caller")
+    try:
+        assert prefixed_key(key) == f"{prefix}:{key}"
+        verdicts = [
+            bool(await script([prefixed_key(key)], [time.time(), 3, 60, 1], client=client))
+            for _ in range(4)
+        ]
+        assert verdicts == [True, True, True, False]
+        # The library's own reading of the window sees the three hits, and refuses a fourth.
+        stats = await limiter.get_window_stats(item, "caller")
+        assert stats.remaining == 0
+        assert not await limiter.hit(item, "caller")
+    finally:
+        await client.delete(prefixed_key(key))

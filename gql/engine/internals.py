@@ -1,7 +1,8 @@
-"""The private internals of Strawberry and graphql-core we rely on, and nothing else.
+"""The private internals of Strawberry, graphql-core and `limits` we rely on, and nothing else.
 
-Pinned against strawberry-graphql 0.341.2 and graphql-core 3.3.2 (constraints.txt). Every
-private attribute, undocumented key or "for internal use only" hook of those two libraries that
+Pinned against strawberry-graphql 0.341.2, graphql-core 3.3.2 and limits 5.8.0
+(constraints.txt). Every private attribute, undocumented key or "for internal use only" hook of
+those libraries that
 the edge touches is read here and only here, behind a small typed function; the rest of `gql/`
 imports these names instead. `tests/test_library_internals.py` pins the behaviour each one is
 relied on for, so an upgrade that changes it fails there, loudly, rather than somewhere in the
@@ -29,6 +30,10 @@ What each name wraps, and who relies on it:
   `graphql.execution.collect_fields`, "for internal use only".
 - `is_awaitable`: `strawberry.execution.optimized_is_awaitable`, the awaitable check
   Strawberry's own execution passes to graphql-core, typed as `execute(is_awaitable=)` wants.
+- `moving_window_acquire`: the `limits` Redis storage's bridge (`storage.bridge`): its
+  registered moving-window Lua script (`lua_acquire_moving_window`, called with `[key]` and
+  `[timestamp, limit, expiry, amount]` as its own `acquire_entry` does), its key prefixing and
+  its client (`gql.transport.ratelimit` sends the hits of one loop turn as one pipeline).
 """
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -108,3 +113,11 @@ def fragments_of(context: StrawberryExecutionContext) -> Mapping[str, FragmentDe
 is_awaitable = cast(Callable[[Any], TypeGuard[Awaitable[Any]]], optimized_is_awaitable)
 """Strawberry's fast awaitable check (the one its own execution passes to graphql-core),
 typed as graphql-core's `execute(is_awaitable=...)` expects."""
+
+
+def moving_window_acquire(storage: Any) -> tuple[Any, Callable[[str], str], Any]:
+    """For a `limits` async Redis storage (redis-py implementation): the moving-window acquire
+    script (call it as `script([key], [timestamp, limit, expiry, amount], client=...)`), the
+    function prefixing a key as the storage does, and the redis-py client it runs on."""
+    bridge = storage.bridge
+    return bridge.lua_acquire_moving_window, bridge.prefixed_key, bridge.get_connection()

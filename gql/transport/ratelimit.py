@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from core.redis import RedisCircuit
 from core.settings import Settings
+from gql.engine.internals import moving_window_acquire
 from gql.transport.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
@@ -58,20 +59,20 @@ class BatchedRedisStorage(RedisStorage):
             task.add_done_callback(self._sending.discard)
         future: asyncio.Future[Any] = loop.create_future()
         arguments = [time.time(), limit, expiry, amount]
-        self._batch.append((self.bridge.prefixed_key(key), arguments, future))
+        _, prefixed_key, _ = moving_window_acquire(self)
+        self._batch.append((prefixed_key(key), arguments, future))
         return bool(await future)
 
     async def _send_batch(self) -> None:
         await asyncio.sleep(0)  # one more turn: requests ready in this one join the batch
         batch, self._batch = self._batch, []
-        bridge: Any = self.bridge
-        script = bridge.lua_acquire_moving_window
+        script, _, client = moving_window_acquire(self)
         try:
             if len(batch) == 1:  # alone: a pipeline would cost more than the plain call
                 key, arguments, _ = batch[0]
                 results = [await script([key], arguments)]
             else:
-                pipeline = bridge.get_connection().pipeline(transaction=False)
+                pipeline = client.pipeline(transaction=False)
                 for key, arguments, _ in batch:
                     await script([key], arguments, client=pipeline)
                 results = await pipeline.execute()
