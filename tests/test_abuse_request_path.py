@@ -292,3 +292,19 @@ async def test_slow_bodies_hold_no_connection_under_gunicorn(database_url: str) 
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), timeout=30)
+
+
+async def test_documents_that_do_not_parse_still_count_against_the_rate_limit(
+    database_url: str,
+) -> None:
+    """Parsing costs CPU whatever its outcome: a client sending new broken texts is limited
+    like any other (the limit is checked before the parse result is answered)."""
+    async with app_client(database_url, rate_limit_default="2/minute") as (_, client):
+        answers = [
+            await client.post("/graphql", json={"query": f"{{ broken{n} "}) for n in range(3)
+        ]
+    assert [error_codes(a.json()) for a in answers] == [
+        ["GRAPHQL_PARSE_FAILED"],
+        ["GRAPHQL_PARSE_FAILED"],
+        ["RATE_LIMITED"],
+    ]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from graphql import ExecutionResult, GraphQLError, OperationType
+from graphql import ExecutionResult, GraphQLError, OperationDefinitionNode, OperationType
 from starlette.background import BackgroundTasks
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
@@ -25,7 +25,7 @@ from strawberry.http import GraphQLHTTPResponse, process_result
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
-from gql.engine.documents import DocumentCache
+from gql.engine.documents import Document, DocumentCache
 from gql.engine.executor import Executor
 from gql.errors import (
     BAD_REQUEST,
@@ -192,19 +192,9 @@ class GraphQLEndpoint:
         params = await self._resolve_persisted(params)
         if params.query is None:
             raise Refused(400, BAD_REQUEST, "No GraphQL query found in the request")
-        self._check_query_size(params.query)
 
         document = self.documents.parsed(params.query)
-        if document.ast is None:
-            return self._request_errors(document.parse_errors, request)
-        operation = document.operation(params.operation_name)
-        if operation is None:
-            raise Refused(400, BAD_REQUEST, _no_operation(params.operation_name))
-        if request.method == "GET" and operation.operation is not OperationType.QUERY:
-            raise method_not_allowed(
-                f"{operation.operation.value}s are not allowed when using GET: use POST"
-            )
-
+        operation = document.operation(params.operation_name) if document.ast else None
         context = Context(
             session=self.state.session_factory(),
             settings=self.settings,
@@ -219,7 +209,16 @@ class GraphQLEndpoint:
             # Only now, with the body read whole: a connection taken before would wait on a
             # slow client.
             await authenticate(context, request.authorization, self.state.actors)
-            await self._check_rate_limits(context, request, params, document.root_fields, operation)
+            # Every request counts, the ones that fail to parse or validate too.
+            await self._check_rate_limits(context, request, params.query, document, operation)
+            if document.ast is None:
+                return self._request_errors(document.parse_errors, request)
+            if operation is None:
+                raise Refused(400, BAD_REQUEST, _no_operation(params.operation_name))
+            if request.method == "GET" and operation.operation is not OperationType.QUERY:
+                raise method_not_allowed(
+                    f"{operation.operation.value}s are not allowed when using GET: use POST"
+                )
             errors = self.documents.validate(document)
             if errors:
                 return self._request_errors(errors, request)
@@ -334,9 +333,9 @@ class GraphQLEndpoint:
         self,
         context: Context,
         request: HttpRequest,
-        params: GraphQLParams,
-        root_fields: Any,
-        operation: Any,
+        query: str,
+        document: Document,
+        operation: OperationDefinitionNode | None,
     ) -> None:
         """Count the request against the caller's limits (the user's, else the client
         address's) and each limited root field of the operation; Refused when one is reached."""
@@ -351,9 +350,8 @@ class GraphQLEndpoint:
             )
         fields: Counter[str] = Counter()
         # Cheap filter first: most operations name no field with a limit of its own.
-        assert params.query is not None
-        if any(name in params.query for name in self.limited_fields):
-            fields = root_fields(operation)
+        if operation is not None and any(name in query for name in self.limited_fields):
+            fields = document.root_fields(operation)
         try:
             refusal = await limiter.check(caller, fields)
         except RateLimitUnavailable:
