@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from core.settings import Settings
 from gql.app import create_app
 from gql.schema.ids import to_global_id
-from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.conftest import EXECUTORS, GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
 
 ENTITIES = """
@@ -23,6 +23,14 @@ query Entities($representations: [_Any!]!) {
   }
 }
 """
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """Every test of this module that builds the app runs on both executors (the test id
+    says which one a statement count measured)."""
+    value: str = request.param
+    return value
 
 
 def refs(type_name: str, row_ids: list[int]) -> list[dict[str, Any]]:

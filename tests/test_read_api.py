@@ -46,9 +46,16 @@ query Page($first: Int, $after: String, $orderBy: ProductOrder!, $filter: Produc
 """
 
 
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    """Every test of this module that builds the app runs on both executors (the test id
+    says which one a statement count measured)."""
+    value: str = request.param
+    return value
+
+
 # Statement counts are the prefetching's (resolvers), not the executor's: measured with each
 # EXECUTOR (the param id says which).
-@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_order_history_runs_the_same_statements_for_1_and_100_orders(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
@@ -82,7 +89,6 @@ async def test_order_history_runs_the_same_statements_for_1_and_100_orders(
 
 # Statement counts are the prefetching's (resolvers), not the executor's: measured with each
 # EXECUTOR (the param id says which).
-@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_nested_relations_resolve_through_loaders_without_prefetch(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
@@ -367,7 +373,6 @@ async def test_a_session_reads_through_a_new_connection_after_commit(
 
 # Statement counts are the prefetching's (resolvers), not the executor's: measured with each
 # EXECUTOR (the param id says which).
-@pytest.mark.parametrize("executor", EXECUTORS)
 async def test_lists_read_only_the_columns_of_selected_fields(
     factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
