@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.bounded import BoundedCache
 from db.compiled import compile_query, fetch
 from db.models import User
 
@@ -60,8 +61,8 @@ class ActorCache:
     that a token or admin flag changed in the database takes up to `ttl` to apply. Unknown
     tokens are remembered too, apart, so a client repeating a bad token costs no more than one
     with a good one, and a flood of made-up tokens cannot push the real ones out (a token is
-    random: none is refused for having been guessed before it was issued). Each part is
-    bounded: when full it starts over."""
+    random: none is refused for having been guessed before it was issued). Each part is a
+    `BoundedCache` (`core.bounded`): when full it starts over."""
 
     def __init__(
         self,
@@ -70,10 +71,10 @@ class ActorCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self._max_size = max_size
         self._clock = clock
-        self._actors: dict[str, tuple[Actor, float]] = {}  # token hash -> (actor, expiry)
-        self._unknown: dict[str, float] = {}  # token hash -> expiry
+        # token hash -> (actor, expiry)
+        self._actors: BoundedCache[str, tuple[Actor, float]] = BoundedCache(max_size)
+        self._unknown: BoundedCache[str, float] = BoundedCache(max_size)  # token hash -> expiry
 
     def get(self, token_hash: str) -> Actor | NotCached | None:
         """The actor, None for a token known to be no one's, or NOT_CACHED: look it up."""
@@ -82,12 +83,12 @@ class ActorCache:
         if cached is not None:
             if now < cached[1]:
                 return cached[0]
-            del self._actors[token_hash]
+            self._actors.discard(token_hash)
         expires_at = self._unknown.get(token_hash)
         if expires_at is not None:
             if now < expires_at:
                 return None
-            del self._unknown[token_hash]
+            self._unknown.discard(token_hash)
         return NOT_CACHED
 
     def remember(self, token_hash: str, actor: Actor | None) -> None:
@@ -95,13 +96,9 @@ class ActorCache:
             return
         expires_at = self._clock() + self.ttl
         if actor is None:
-            if len(self._unknown) >= self._max_size:
-                self._unknown.clear()
-            self._unknown[token_hash] = expires_at
-            return
-        if len(self._actors) >= self._max_size:
-            self._actors.clear()
-        self._actors[token_hash] = (actor, expires_at)
+            self._unknown.put(token_hash, expires_at)
+        else:
+            self._actors.put(token_hash, (actor, expires_at))
 
 
 async def actor_for_token(

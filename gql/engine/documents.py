@@ -13,14 +13,10 @@ from graphql import (
     ASTValidationRule,
     DocumentNode,
     FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
     GraphQLError,
     GraphQLSchema,
-    InlineFragmentNode,
     NoSchemaIntrospectionCustomRule,
     OperationDefinitionNode,
-    SelectionSetNode,
     parse,
     specified_rules,
     validate,
@@ -28,9 +24,10 @@ from graphql import (
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
+from core.bounded import BoundedCache
 from core.settings import Settings
-from gql.engine.bounded import BoundedCache
 from gql.engine.query_limits import query_limits_rule_for
+from gql.engine.walk import fragments_of, walk
 
 MAX_DOCUMENTS = 1000
 
@@ -107,21 +104,8 @@ class DocumentCache:
 
 
 def _count_root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> Counter[str]:
-    fragments = {
-        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
-    }
     counts: Counter[str] = Counter()
-
-    def collect(selection_set: SelectionSetNode, seen: frozenset[str]) -> None:
-        for selection in selection_set.selections:
-            if isinstance(selection, FieldNode):
-                counts[selection.name.value] += 1
-            elif isinstance(selection, InlineFragmentNode):
-                collect(selection.selection_set, seen)
-            elif isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                if name in fragments and name not in seen:
-                    collect(fragments[name].selection_set, seen | {name})
-
-    collect(operation.selection_set, frozenset())
+    for reached in walk(operation.selection_set, fragments_of(document)):
+        if isinstance(reached.node, FieldNode):
+            counts[reached.node.name.value] += 1
     return counts

@@ -30,9 +30,10 @@ from graphql import (
     GraphQLString,
     get_nullable_type,
 )
-from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode
+from graphql.language import FieldNode
 from graphql.pyutils import AwaitableOrValue, Path
 
+from core.bounded import BoundedCache
 from gql.engine.internals import (
     FieldDetails,
     StrawberryExecutionContext,
@@ -41,6 +42,7 @@ from gql.engine.internals import (
     is_default_resolver,
     strawberry_field_of,
 )
+from gql.engine.walk import walk
 
 PREFETCHED_PREFIX = "prefetched_"
 MAX_PLANS = 2000
@@ -57,8 +59,10 @@ class NotCompilable(Exception):
 
 
 # (type, ids of field nodes) -> (the nodes, kept alive so ids stay unique; the plan or None)
-_plans: dict[tuple[GraphQLObjectType, tuple[int, ...]], tuple[tuple[FieldNode, ...], Plan | None]]
-_plans = {}
+_plans: BoundedCache[
+    tuple[GraphQLObjectType, tuple[int, ...]], tuple[tuple[FieldNode, ...], Plan | None]
+]
+_plans = BoundedCache(MAX_PLANS)
 
 
 def _not_ready() -> Any:
@@ -163,9 +167,7 @@ class CompiledExecutionContext(StrawberryExecutionContext):
             plan: Plan | None = self._compile_object(object_type, details)
         except NotCompilable:
             plan = None
-        if len(_plans) >= MAX_PLANS:
-            _plans.clear()
-        _plans[key] = (nodes, plan)
+        _plans.put(key, (nodes, plan))
         return plan
 
     def _compile_object(
@@ -212,25 +214,20 @@ class CompiledExecutionContext(StrawberryExecutionContext):
         carries @include/@skip: what it selects then depends on the variables, and a plan is
         reused across requests. Fields the variables skipped are not even collected, so this
         must look at the document, not at what was collected for this request."""
-        pending = list(node.selection_set.selections) if node.selection_set else []
-        seen: set[str] = set()
-        while pending:
-            selection = pending.pop()
-            if selection.directives:
+        if node.selection_set is None:
+            return False
+        fragments = fragments_of(self)
+        definitions = {name: details.definition for name, details in fragments.items()}
+        for reached in walk(node.selection_set, definitions):
+            if reached.node.directives:
                 return True
-            if isinstance(selection, FieldNode):
-                continue
-            if isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                details = fragments_of(self).get(name)
-                if details is None or name in seen:
-                    continue
-                seen.add(name)
-                if details.variable_signatures or details.definition.directives:
-                    return True  # fragment arguments depend on the request too
-                pending.extend(details.definition.selection_set.selections)
-            elif isinstance(selection, InlineFragmentNode):
-                pending.extend(selection.selection_set.selections)
+            definition = reached.definition
+            if definition is not None and (
+                definition.directives
+                # fragment arguments depend on the request too
+                or fragments[definition.name.value].variable_signatures
+            ):
+                return True
         return False
 
     def _write_value(

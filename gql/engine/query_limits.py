@@ -4,7 +4,7 @@ that runs before graphql-core's own rules, tokens at parse time (so a huge docum
 even parsed), and the cost of `_entities` representations when they are known, at execution.
 Every refusal has the code QUERY_TOO_COMPLEX."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -12,14 +12,12 @@ from typing import Any
 from graphql import (
     DocumentNode,
     FieldNode,
-    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLInterfaceType,
     GraphQLNamedType,
     GraphQLObjectType,
     GraphQLSchema,
     GraphQLUnionType,
-    InlineFragmentNode,
     IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
@@ -30,6 +28,7 @@ from graphql.validation.validate import ValidationAbortedError
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from core.settings import Settings
+from gql.engine.walk import Fragments, fragments_of, walk
 from gql.errors import QUERY_TOO_COMPLEX
 
 PAGE_ARGUMENT = "first"
@@ -64,15 +63,14 @@ class Measure:
 
 
 class _Measurer:
-    """Walks an operation with fragments expanded; each fragment is measured once (memo), and a
-    fragment cycle counts as nothing here (NoFragmentCyclesRule reports it)."""
+    """Walks an operation with fragments expanded (`gql.engine.walk`); each named fragment is
+    measured once (memo), which keeps the pass linear, and a fragment cycle counts as nothing
+    here (NoFragmentCyclesRule reports it)."""
 
     def __init__(self, schema: GraphQLSchema, document: DocumentNode, limits: QueryLimits) -> None:
         self.schema = schema
         self.limits = limits
-        self.fragments = {
-            d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
-        }
+        self.fragments = fragments_of(document)
         self._memo: dict[str, Measure] = {}
         self._visiting: set[str] = set()
 
@@ -84,16 +82,16 @@ class _Measurer:
         self, selection_set: SelectionSetNode, parent: GraphQLNamedType | None
     ) -> Measure:
         depth = aliases = cost = 0
-        for selection in selection_set.selections:
-            if isinstance(selection, FieldNode):
-                part = self.field(selection, parent)
-            elif isinstance(selection, InlineFragmentNode):
-                condition = selection.type_condition
-                type_ = self.schema.get_type(condition.name.value) if condition else parent
-                part = self.selection_set(selection.selection_set, type_)
-            elif isinstance(selection, FragmentSpreadNode):
-                part = self.fragment(selection.name.value)
-            else:  # pragma: no cover - graphql-core has no other selection kind
+        # Inline fragments expanded by the walker, named ones measured once each (memo).
+        for reached in walk(selection_set, self.fragments, spreads=False):
+            node = reached.node
+            if isinstance(node, FieldNode):
+                condition = reached.condition
+                type_ = parent if condition is None else self.schema.get_type(condition)
+                part = self.field(node, type_)
+            elif isinstance(node, FragmentSpreadNode):
+                part = self.fragment(node.name.value)
+            else:  # an inline fragment: its selections come next, with its type condition
                 continue
             depth = max(depth, part.depth)
             aliases += part.aliases
@@ -152,7 +150,7 @@ _Level = list[tuple[SelectionSetNode, frozenset[str]]]
 
 def merge_work_refusal(
     operation: OperationDefinitionNode,
-    fragments: Mapping[str, FragmentDefinitionNode],
+    fragments: Fragments,
     limits: QueryLimits,
 ) -> str | None:
     """Why the operation would cost validation too much, or None: one pass over it with
@@ -175,27 +173,26 @@ def merge_work_refusal(
         children: dict[str, _Level] = {}
         occurrences: dict[str, int] = {}
         spreads = 0
-        while pending:
-            selection_set, expanding = pending.pop()
-            budget -= len(selection_set.selections)
-            if budget < 0:
-                return (
-                    f"{name} has more than {limits.max_selections} selections (fields and "
-                    "fragments, a fragment counted each time it is spread)"
-                )
-            for selection in selection_set.selections:
+        # The level's selection sets and the fragments in them, each set's own selections
+        # first, the last set reached first.
+        for selection_set, expanding in reversed(pending):
+            for reached in walk(selection_set, fragments, expanding=expanding, by_set=True):
+                budget -= 1
+                if budget < 0:
+                    return (
+                        f"{name} has more than {limits.max_selections} selections (fields and "
+                        "fragments, a fragment counted each time it is spread)"
+                    )
+                selection = reached.node
                 if isinstance(selection, FieldNode):
                     key = (selection.alias or selection.name).value
                     occurrences[key] = occurrences.get(key, 0) + 1
                     if selection.selection_set is not None:
-                        children.setdefault(key, []).append((selection.selection_set, expanding))
-                elif isinstance(selection, InlineFragmentNode):
-                    pending.append((selection.selection_set, expanding))
+                        children.setdefault(key, []).append(
+                            (selection.selection_set, reached.expanding)
+                        )
                 elif isinstance(selection, FragmentSpreadNode):
                     spreads += 1
-                    fragment = fragments.get(selection.name.value)
-                    if fragment is not None and fragment.name.value not in expanding:
-                        pending.append((fragment.selection_set, expanding | {fragment.name.value}))
         # Same-named fields pairwise, and every two fragment spreads.
         pairs += sum(count * (count - 1) // 2 for count in occurrences.values())
         pairs += spreads * (spreads - 1) // 2
@@ -260,6 +257,8 @@ def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
     return QueryLimitsRule
 
 
+# Keyed by the app's settings object (one per app), never by client input: not a BoundedCache
+# (core.bounded), as `query_limits_rule`'s lru_cache, keyed by the settings' limits, is not.
 _rules_by_settings: dict[int, tuple[Settings, type[ValidationRule]]] = {}
 
 

@@ -7,22 +7,19 @@ A tree is a superset when directives skip fields: it only decides what to prefet
 
 from collections.abc import Mapping
 
-from graphql import (
-    FieldNode,
-    FragmentDefinitionNode,
-    FragmentSpreadNode,
-    InlineFragmentNode,
-    SelectionNode,
-    SelectionSetNode,
-)
+from graphql import FieldNode, SelectionSetNode
 
+from core.bounded import BoundedCache
 from gql.engine.internals import raw_info
+from gql.engine.walk import NO_FRAGMENTS, Fragments, type_condition, walk
 from gql.schema.context import Info
 
 FieldTree = dict[str, "FieldTree"]
 
 MAX_CACHED_TREES = 4000
-_trees: dict[tuple[int, str | None], tuple[FieldNode, FieldTree]] = {}
+# (id of the first field node, on_type) -> (that node, kept alive so its id stays unique; tree)
+_trees: BoundedCache[tuple[int, str | None], tuple[FieldNode, FieldTree]]
+_trees = BoundedCache(MAX_CACHED_TREES)
 
 
 def selection_tree(info: Info, *, on_type: str | None = None) -> FieldTree:
@@ -40,47 +37,44 @@ def selection_tree(info: Info, *, on_type: str | None = None) -> FieldTree:
         selection_set = field_node.selection_set
         if on_type is not None and selection_set is not None:
             selection_set = _only_on(selection_set, on_type, raw.fragments)
-        _merge_into(tree, selection_set, raw.fragments)
-    if len(_trees) >= MAX_CACHED_TREES:
-        _trees.clear()
-    _trees[key] = (node, tree)
+        _merge_into(tree, selection_set, raw.fragments, NO_FRAGMENTS)
+    _trees.put(key, (node, tree))
     return tree
 
 
 def _only_on(
-    selection_set: SelectionSetNode, type_name: str, fragments: dict[str, FragmentDefinitionNode]
+    selection_set: SelectionSetNode, type_name: str, fragments: Fragments
 ) -> SelectionSetNode:
-    def applies(selection: SelectionNode) -> bool:
-        if isinstance(selection, FragmentSpreadNode):
-            fragment = fragments.get(selection.name.value)
-            condition = fragment.type_condition if fragment is not None else None
-        elif isinstance(selection, InlineFragmentNode):
-            condition = selection.type_condition
-        else:  # a field
-            return True
-        return condition is None or condition.name.value == type_name
-
-    return SelectionSetNode(selections=tuple(s for s in selection_set.selections if applies(s)))
+    """The selections of this level that apply to `type_name`: fields, and fragments without a
+    type condition or on that type (fragments nested in those are kept whatever their type)."""
+    return SelectionSetNode(
+        selections=tuple(
+            selection
+            for selection in selection_set.selections
+            if type_condition(selection, fragments) in (None, type_name)
+        )
+    )
 
 
 def _merge_into(
     tree: FieldTree,
     selection_set: SelectionSetNode | None,
-    fragments: dict[str, FragmentDefinitionNode],
+    fragments: Fragments,
+    expanding: frozenset[str],
 ) -> None:
+    """The fields of this level (fragments and inline fragments expanded: their fields belong
+    to it) into `tree`, and below each field, its own level."""
     if selection_set is None:
         return
-    for selection in selection_set.selections:
+    for reached in walk(selection_set, fragments, expanding=expanding):
+        selection = reached.node
         if isinstance(selection, FieldNode):
             _merge_into(
-                tree.setdefault(selection.name.value, {}), selection.selection_set, fragments
+                tree.setdefault(selection.name.value, {}),
+                selection.selection_set,
+                fragments,
+                reached.expanding,
             )
-        elif isinstance(selection, FragmentSpreadNode):
-            fragment = fragments.get(selection.name.value)
-            if fragment is not None:
-                _merge_into(tree, fragment.selection_set, fragments)
-        elif isinstance(selection, InlineFragmentNode):  # its fields belong to this level
-            _merge_into(tree, selection.selection_set, fragments)
 
 
 def subtree(tree: FieldTree, *path: str) -> FieldTree:

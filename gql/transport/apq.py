@@ -1,18 +1,24 @@
 """Automatic persisted queries (Apollo APQ, version 1): a client sends the SHA-256 of a query
 instead of its text; an unknown hash is answered PERSISTED_QUERY_NOT_FOUND and the client
 retries once with both. Stored in Redis with a TTL (shared by every process), fronted by a small
-in-process LRU, which is all there is without Redis."""
+in-process cache, which is all there is without Redis.
+
+The in-process cache is the one bounded cache (`core.bounded.BoundedCache`, keyed by client
+input like the others): when full it starts over rather than evicting the least recently used
+hash. A hit costs one dict lookup and no reordering; the price is that, under a client sending
+more distinct queries than it holds, the common ones are fetched from Redis again (or, without
+Redis, registered again by the client's retry with the text) now and then."""
 
 import hashlib
 import logging
 import re
-from collections import OrderedDict
 from pathlib import Path
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.bounded import BoundedCache
 from core.redis import RedisCircuit
 from core.settings import Settings
 from gql.transport.metrics import REDIS_FAILURES
@@ -43,8 +49,7 @@ class PersistedQueries:
         self._circuit = circuit
         self._ttl = settings.apq_ttl
         self._prefix = f"{settings.redis_key_prefix}:apq:"
-        self._local: OrderedDict[str, str] = OrderedDict()
-        self._local_size = settings.apq_cache_size
+        self._local: BoundedCache[str, str] = BoundedCache(settings.apq_cache_size)
         # Allow-list mode: only these queries run, nothing is registered at runtime.
         self.allow_list = manifest
 
@@ -53,7 +58,6 @@ class PersistedQueries:
             return self.allow_list.get(sha)
         query = self._local.get(sha)
         if query is not None:
-            self._local.move_to_end(sha)
             return query
         if self._redis is None or self._circuit.is_open:
             return None
@@ -65,23 +69,17 @@ class PersistedQueries:
         if stored is None:
             return None
         query = stored.decode() if isinstance(stored, bytes) else str(stored)
-        self._remember(sha, query)
+        self._local.put(sha, query)
         return query
 
     async def put(self, sha: str, query: str) -> None:
-        self._remember(sha, query)
+        self._local.put(sha, query)
         if self._redis is None or self._circuit.is_open:
             return
         try:
             await self._redis.set(self._prefix + sha, query, ex=self._ttl)
         except (RedisError, OSError) as error:
             self._failed(error)
-
-    def _remember(self, sha: str, query: str) -> None:
-        self._local[sha] = query
-        self._local.move_to_end(sha)
-        while len(self._local) > self._local_size:
-            self._local.popitem(last=False)
 
     def _failed(self, error: Exception) -> None:
         REDIS_FAILURES.labels("persisted_queries").inc()
