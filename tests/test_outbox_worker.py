@@ -94,7 +94,7 @@ async def test_an_order_writes_its_notification_with_the_correlation_id(
     assert note.kind == "order.created"
     assert note.correlation_id == "req-123"
     assert note.status is NotificationStatus.PENDING
-    assert note.payload["orderId"] == result.order.id
+    assert note.payload["orderId"] == result.order["id"]
     assert note.payload["items"] == [
         {"productId": product.id, "quantity": 2, "unitPrice": "100.00"}
     ]

@@ -98,11 +98,8 @@ class ReserveProductInput:
 
 
 def _order(result: checkout.OrderResult) -> Order:
-    # from_row reads by column name: SQLAlchemy rows through their mapping view.
-    order = Order.from_row(result.order._mapping)
-    order.prefetched_items = [
-        OrderItem.from_row(item._mapping, order.currency) for item in result.items
-    ]
+    order = Order.from_row(result.order)
+    order.prefetched_items = [OrderItem.from_row(item, order.currency) for item in result.items]
     return order
 
 
