@@ -64,6 +64,8 @@ class Result:
     cpu_ms: float | None = None
     db_cpu_ms: float | None = None
     others_cpu_pct: float | None = None
+    workers: int = 1
+    rss_mib: float | None = None  # mean resident memory per serving process, after the run
     failed: str = ""  # the run itself could not happen (server did not start...)
     notes: list[str] = field(default_factory=list)
 
@@ -85,7 +87,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=1, help="server processes per target")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="comma-separated server process counts; every target runs once per count",
+    )
     parser.add_argument(
         "--count-requests",
         type=int,
@@ -114,6 +120,12 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.scenarios = [s for s in args.only.split(",") if s] or list(SCENARIOS)
     args.target_list = [t for t in args.targets.split(",") if t]
+    try:
+        args.worker_counts = [int(n) for n in args.workers.split(",") if n]
+    except ValueError:
+        parser.error(f"--workers takes comma-separated counts, not {args.workers!r}")
+    if not args.worker_counts or min(args.worker_counts) < 1:
+        parser.error("--workers needs counts of at least 1")
     for name in args.scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
@@ -256,8 +268,9 @@ def bench_target(
     context: Context,
     args: argparse.Namespace,
     log_dir: Path,
+    workers: int,
 ) -> tuple[list[Result], dict[str, Any], list[str]]:
-    results = [Result(target, s.name) for s in scenarios]
+    results = [Result(target, s.name, workers=workers) for s in scenarios]
     firsts: dict[str, Any] = {}
     checks: list[str] = []
     set_statement_logging(db, True)
@@ -266,7 +279,7 @@ def bench_target(
         target,
         database_url=db.url,
         node_dsn=db.node_dsn,
-        workers=args.workers,
+        workers=workers,
         log_dir=log_dir,
     )
     try:
@@ -315,6 +328,7 @@ def bench_target(
                 machine = machine_busy_seconds() - machine_before
                 wrk_cpu = wrk_cpu_seconds() - wrk_before
                 fill_result(result, measured, cpu, db_cpu, db_cpu_before)
+                result.rss_mib = targets.worker_rss_mib(server.process.pid)
                 # CPU the machine spent on anything but this run (other jobs on a shared
                 # host): the noise under these numbers.
                 ours = cpu + wrk_cpu + ((db_cpu - db_cpu_before) if db_cpu and db_cpu_before else 0)
@@ -429,16 +443,29 @@ def _reference(result: Result | None) -> float | None:
     return result.rps
 
 
+def tables(results: list[Result]) -> list[str]:
+    """One table per server process count, ratios within it."""
+    lines: list[str] = []
+    for workers in sorted({r.workers for r in results}):
+        if lines:
+            lines.append("")
+        lines += [f"{workers} server process(es) per target:", ""]
+        lines += table([r for r in results if r.workers == workers])
+    return lines
+
+
 def table(results: list[Result]) -> list[str]:
     by_key = {(r.target, r.scenario): r for r in results}
     lines = [
         "| target | scenario | req/s | p50 ms | p99 ms | errors | refused | SQL/req "
-        "| CPU ms/req | DB CPU ms/req | others' CPU | vs floor | vs PostGraphile |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| CPU ms/req | DB CPU ms/req | others' CPU | MiB/process | vs floor | vs PostGraphile |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if r.failed:
-            lines.append(f"| {r.target} | {r.scenario} | failed: {r.failed} | | | | | | | | | | |")
+            lines.append(
+                f"| {r.target} | {r.scenario} | failed: {r.failed} | | | | | | | | | | | |"
+            )
             continue
         floor = by_key.get(("floor", r.scenario))
         peer = by_key.get(("postgraphile", r.scenario))
@@ -448,13 +475,14 @@ def table(results: list[Result]) -> list[str]:
                 f"| {r.target} | {r.scenario} | ({r.rps:,.0f}) | {r.p50_ms:.1f} "
                 f"| {r.p99_ms:.1f} | **{r.errors}** | {r.rejected} | {_number(r.statements)} "
                 f"| {_number(r.cpu_ms, 2)} | {_number(r.db_cpu_ms, 2)} "
-                f"| {_number(r.others_cpu_pct, 0)}% | n/a | n/a |"
+                f"| {_number(r.others_cpu_pct, 0)}% | {_number(r.rss_mib, 0)} | n/a | n/a |"
             )
             continue
         lines.append(
             f"| {r.target} | {r.scenario} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
             f"| {r.errors} | {r.rejected} | {_number(r.statements)} | {_number(r.cpu_ms, 2)} "
             f"| {_number(r.db_cpu_ms, 2)} | {_number(r.others_cpu_pct, 0)}% "
+            f"| {_number(r.rss_mib, 0)} "
             f"| {_ratio(r.rps, _reference(floor))} | {_ratio(r.rps, _reference(peer))} |"
         )
     return lines
@@ -500,12 +528,12 @@ def report(
         "",
         *machine,
         f"- load: wrk, {args.connections} connections, {args.wrk_threads} thread(s), "
-        f"{args.warmup:g} s warmup + {args.duration:g} s per scenario; {args.workers} server "
-        "process(es) per target, started alone on the same database",
+        f"{args.warmup:g} s warmup + {args.duration:g} s per scenario; each target started "
+        "alone on the same database, once per server process count (one table each)",
         f"- data: {args.users:,} users, {args.products:,} products, {args.orders:,} orders "
         f"(seed {args.seed})",
         "",
-        *table(results),
+        *tables(results),
         "",
         "Columns: *errors* = non-2xx + socket errors + 200 responses carrying GraphQL `errors`; "
         "a run that mostly failed shows its req/s in parentheses and no ratio; "
@@ -516,7 +544,9 @@ def report(
         "user+system CPU of the server's process tree during the run / requests; *DB CPU "
         "ms/req* = the same for PostgreSQL; *others' CPU* = share of the machine's CPU "
         "(all cores) used during the run by anything else than the target, PostgreSQL and wrk: "
-        "other jobs on a shared host; when it is high, the row is noisy; *vs* = req/s ratio.",
+        "other jobs on a shared host; when it is high, the row is noisy; *MiB/process* = mean "
+        "resident memory of each serving process (gunicorn's or Node's cluster workers) right "
+        "after the run; *vs* = req/s ratio within the same table.",
         "",
         "Scenarios:",
         *scenario_lines,
@@ -574,16 +604,24 @@ def main() -> None:
     results: list[Result] = []
     checks: list[str] = []
     firsts: dict[str, dict[str, Any]] = {}
-    for target in args.target_list:
-        target_results, firsts[target], target_checks = bench_target(
-            target, scenarios, db=db, context=context, args=args, log_dir=data_dir / "logs"
-        )
-        results += target_results
-        checks += target_checks
+    for workers in args.worker_counts:
+        for target in args.target_list:
+            target_results, target_firsts, target_checks = bench_target(
+                target,
+                scenarios,
+                db=db,
+                context=context,
+                args=args,
+                log_dir=data_dir / "logs",
+                workers=workers,
+            )
+            firsts.setdefault(target, target_firsts)
+            results += target_results
+            checks += [f"{workers} worker(s): {check}" for check in target_checks]
     reset_writes(db)
     # Rows by scenario, then target, so the peers of one operation sit together.
     order = {name: i for i, name in enumerate(args.scenarios)}
-    results.sort(key=lambda r: (order[r.scenario], args.target_list.index(r.target)))
+    results.sort(key=lambda r: (r.workers, order[r.scenario], args.target_list.index(r.target)))
     text = report(args, machine, results, checks, parity_notes(firsts, scenarios))
     print("\n" + text)
     if not args.no_output:

@@ -63,6 +63,19 @@ class Server:
             self.log_file.close()
 
 
+def worker_rss_mib(pid: int) -> float | None:
+    """Mean resident memory of the processes that serve (the tree's leaves: gunicorn's or
+    Node's cluster workers, or the one process when it serves alone), in MiB."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+        leaves = [process for process in tree if not process.children()]
+        sizes = [process.memory_info().rss for process in leaves]
+    except psutil.NoSuchProcess:
+        return None
+    return sum(sizes) / len(sizes) / 2**20 if sizes else None
+
+
 def tree_cpu_seconds(pid: int) -> float:
     try:
         root = psutil.Process(pid)
