@@ -13,6 +13,7 @@ from core.settings import Settings
 from db.models import Notification, Order, OrderItem, OrderStatus, Product
 from gql.schema.ids import to_global_id
 from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.documents import CANCEL_ORDER
 from tests.factories import Factory
 
 CREATE_ORDER = """
@@ -29,16 +30,6 @@ mutation Create($input: CreateOrderInput!) {
     ... on ProductNotFound { productId }
     ... on CurrencyMismatch { currencies }
     ... on IdempotencyKeyReused { idempotencyKey }
-  }
-}
-"""
-
-CANCEL_ORDER = """
-mutation Cancel($id: ID!) {
-  cancelOrder(id: $id) {
-    __typename
-    ... on UserError { message }
-    ... on CancelOrderSuccess { order { id status } }
   }
 }
 """

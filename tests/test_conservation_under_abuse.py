@@ -43,6 +43,7 @@ from db.models import (
 )
 from gql.schema.ids import row_id_of, to_global_id
 from services.worker import sweep_once
+from tests.documents import CANCEL_ORDER, RELEASE
 from tests.factories import Factory
 
 SEED = 13
@@ -77,15 +78,6 @@ mutation Create($input: CreateOrderInput!) {
 }
 """
 
-CANCEL_ORDER = """
-mutation Cancel($id: ID!) {
-  cancelOrder(id: $id) {
-    __typename
-    ... on UserError { message }
-    ... on CancelOrderSuccess { order { id status } }
-  }
-}
-"""
 
 RESERVE = """
 mutation Reserve($input: ReserveProductInput!) {
@@ -98,15 +90,6 @@ mutation Reserve($input: ReserveProductInput!) {
 }
 """
 
-RELEASE = """
-mutation Release($id: ID!) {
-  releaseReservation(id: $id) {
-    __typename
-    ... on UserError { message }
-    ... on ReleaseReservationSuccess { reservation { id status } }
-  }
-}
-"""
 
 # The typed members each mutation may answer with in this run (from the payload unions; no
 # unknown product and one currency, so ProductNotFound and CurrencyMismatch would be bugs).

@@ -11,18 +11,8 @@ from core.settings import Settings
 from gql.app import create_app
 from gql.schema.ids import to_global_id
 from tests.conftest import EXECUTORS, GraphQL, StatementCounter, error_codes
+from tests.documents import ENTITIES
 from tests.factories import Factory
-
-ENTITIES = """
-query Entities($representations: [_Any!]!) {
-  _entities(representations: $representations) {
-    __typename
-    ... on Product { id name price { amount currency } }
-    ... on Order { id status total { amount } items { quantity product { id name } } }
-    ... on User { id email }
-  }
-}
-"""
 
 
 @pytest.fixture(params=EXECUTORS)

@@ -24,19 +24,9 @@ from gql.engine.query_limits import QueryTooComplex, query_limits_rule_for
 from gql.schema.build import schema
 from gql.schema.ids import to_global_id
 from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.documents import ENTITIES
 from tests.edge_support import app_client
 from tests.factories import Factory
-
-ENTITIES = """
-query Entities($representations: [_Any!]!) {
-  _entities(representations: $representations) {
-    __typename
-    ... on Product { id name price { amount currency } }
-    ... on Order { id status total { amount } items { quantity product { id name } } }
-    ... on User { id email }
-  }
-}
-"""
 
 
 def refs(type_name: str, row_ids: list[int]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from gql.schema.ids import row_id_of, to_global_id
 from services.reservations import effective_status
 from services.worker import sweep_once
 from tests.conftest import GraphQL, StatementCounter, error_codes
+from tests.documents import RELEASE
 from tests.factories import Factory
 from tests.test_checkout import CREATE_ORDER, assert_one_order_for_all, pid, stock_of
 
@@ -33,15 +34,6 @@ mutation Reserve($input: ReserveProductInput!) {
 }
 """
 
-RELEASE = """
-mutation Release($id: ID!) {
-  releaseReservation(id: $id) {
-    __typename
-    ... on UserError { message }
-    ... on ReleaseReservationSuccess { reservation { id status } }
-  }
-}
-"""
 
 RESERVATION_NODE = """
 query Node($id: ID!) { node(id: $id) { ... on Reservation { id status quantity } } }
