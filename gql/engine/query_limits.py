@@ -6,7 +6,6 @@ Every refusal has the code QUERY_TOO_COMPLEX."""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from graphql import (
@@ -28,7 +27,7 @@ from graphql.validation.validate import ValidationAbortedError
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from core.settings import Settings
-from gql.engine.walk import Fragments, fragments_of, walk
+from gql.engine.walk import Fragments, fragment_definitions, walk
 from gql.errors import QUERY_TOO_COMPLEX
 
 PAGE_ARGUMENT = "first"
@@ -70,7 +69,7 @@ class _Measurer:
     def __init__(self, schema: GraphQLSchema, document: DocumentNode, limits: QueryLimits) -> None:
         self.schema = schema
         self.limits = limits
-        self.fragments = fragments_of(document)
+        self.fragments = fragment_definitions(document)
         self._memo: dict[str, Measure] = {}
         self._visiting: set[str] = set()
 
@@ -206,13 +205,11 @@ def merge_work_refusal(
     return None
 
 
-@lru_cache(maxsize=16)
 def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
-    """One rule class per set of limits, made once: the validation cache is keyed by the rule
-    classes, so a fresh class per request would defeat it."""
+    """The validation rule of a set of limits (graphql-core takes rules as classes)."""
 
     class QueryLimitsRule(ValidationRule):
-        """Placed first among the rules (see gql.extensions); its whole work is done on
+        """Placed first among the rules (see gql.engine.documents); its whole work is done on
         entering the document, before any other rule has visited a selection, and a refusal
         aborts validation (QueryTooComplex) so that no other rule runs on that document."""
 
@@ -257,20 +254,9 @@ def query_limits_rule(limits: QueryLimits) -> type[ValidationRule]:
     return QueryLimitsRule
 
 
-# Keyed by the app's settings object (one per app), never by client input: not a BoundedCache
-# (core.bounded), as `query_limits_rule`'s lru_cache, keyed by the settings' limits, is not.
-_rules_by_settings: dict[int, tuple[Settings, type[ValidationRule]]] = {}
-
-
 def query_limits_rule_for(settings: Settings) -> type[ValidationRule]:
-    """The rule of these settings' limits, looked up by the settings object itself on the hot
-    path (an app keeps one), built through `query_limits_rule` on first use."""
-    cached = _rules_by_settings.get(id(settings))
-    if cached is not None and cached[0] is settings:
-        return cached[1]
-    rule = query_limits_rule(query_limits_of(settings))
-    _rules_by_settings[id(settings)] = (settings, rule)
-    return rule
+    """The rule of these settings' limits (built once per app, by its document cache)."""
+    return query_limits_rule(query_limits_of(settings))
 
 
 def query_limits_of(settings: Settings) -> QueryLimits:
