@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from strawberry.fastapi import BaseContext
+from starlette.background import BackgroundTasks
 from strawberry.types import Info as StrawberryInfo
 
 from core.settings import Settings
@@ -23,8 +23,9 @@ LoaderT = TypeVar("LoaderT", bound=RequestLoader)
 T = TypeVar("T")
 
 
-class Context(BaseContext):
-    """Nothing in here outlives the request."""
+class Context:
+    """Nothing in here outlives the request. `background_tasks` run once the response is sent
+    (the endpoint awaits them), with the request's correlation ID."""
 
     def __init__(
         self,
@@ -34,13 +35,14 @@ class Context(BaseContext):
         viewer: Actor | None,
         auth_error: str | None,
         correlation_id: str | None = None,
+        background_tasks: BackgroundTasks | None = None,
     ) -> None:
-        super().__init__()
         self.session = session
         self.settings = settings
         self.viewer = viewer
         self.auth_error = auth_error
         self.correlation_id = correlation_id
+        self.background_tasks = background_tasks or BackgroundTasks()
         # One AsyncSession cannot run two statements at once, but loaders of different types
         # dispatch their batches as concurrent tasks: they take turns through this lock.
         self._db_lock = asyncio.Lock()

@@ -91,6 +91,18 @@ class HttpRequest:
     authorization: str | None = None
     peer: str | None = None
     forwarded_for: list[str] = field(default_factory=list)
+    _query_params: dict[str, str] | None = None
+
+    def query_params(self) -> dict[str, str]:
+        """The query string's parameters (the first of a repeated name), read once."""
+        if self._query_params is None:
+            params: dict[str, str] = {}
+            for key, value in parse_qsl(
+                self.query_string.decode("latin-1"), keep_blank_values=True
+            ):
+                params.setdefault(key, value)
+            self._query_params = params
+        return self._query_params
 
     @classmethod
     def from_scope(cls, scope: Scope) -> "HttpRequest":
@@ -201,10 +213,10 @@ class GraphQLEndpoint:
             viewer=None,  # until `authenticate`
             auth_error=None,
             correlation_id=current_correlation_id(),
+            background_tasks=background,
         )
         # Its session takes a pooled connection only at its first statement, and gives it
         # back at `Context.close`, below.
-        context.background_tasks = background
         try:
             # Only now, with the body read whole: a connection taken before would wait on a
             # slow client.
@@ -244,7 +256,7 @@ class GraphQLEndpoint:
     def _wants_graphiql(self, request: HttpRequest) -> bool:
         """A browser (text/html in Accept), also on a shared link with a query in its editor;
         API clients still get the result of a GET."""
-        params = dict(parse_qsl(request.query_string.decode("latin-1")))
+        params = request.query_params()
         if "extensions" in params and "query" not in params:
             return False  # only a persisted query's hash: an API client
         accept = request.accept or ""
@@ -252,11 +264,7 @@ class GraphQLEndpoint:
 
     async def _params(self, request: HttpRequest, receive: Receive) -> GraphQLParams:
         if request.method == "GET":
-            data: Any = {}
-            for key, value in parse_qsl(
-                request.query_string.decode("latin-1"), keep_blank_values=True
-            ):
-                data.setdefault(key, value)
+            data: Any = dict(request.query_params())
             for key in ("variables", "extensions"):
                 if data.get(key):
                     data[key] = _json(data[key].encode())
