@@ -398,8 +398,8 @@ class Backlog:
 
 
 async def backlog(session: AsyncSession) -> Backlog:
-    """The outbox's backlog in one read-only statement (the pending part reads the partial
-    index of pending rows; counting `FAILED` rows scans the table)."""
+    """The outbox's backlog in one read-only statement (each part reads a partial index: of
+    pending rows, of failed rows)."""
     pending = Notification.status == NotificationStatus.PENDING
     row = (
         await session.execute(

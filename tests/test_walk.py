@@ -10,7 +10,7 @@ from graphql import (
 )
 
 from core.bounded import BoundedCache
-from gql.engine.walk import Reached, fragments_of, type_condition, walk
+from gql.engine.walk import Reached, fragment_definitions, type_condition, walk
 
 
 def _level(
@@ -18,7 +18,7 @@ def _level(
 ) -> tuple[list[Reached], SelectionSetNode]:
     document = parse(query)
     operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
-    fragments = fragments_of(document)
+    fragments = fragment_definitions(document)
     reached = list(walk(operation.selection_set, fragments, spreads=spreads, by_set=by_set))
     return reached, operation.selection_set
 
@@ -90,7 +90,7 @@ def test_cycles_and_unknown_fragments_are_yielded_but_not_entered() -> None:
     assert reached[-1].definition is None
     # A path carried over from the level above counts too.
     document = parse("query { me { ...A } } fragment A on User { id me2: id ...A }")
-    fragments = fragments_of(document)
+    fragments = fragment_definitions(document)
     selection_set = fragments["A"].selection_set
     below = list(walk(selection_set, fragments, expanding=frozenset({"A"})))
     assert _names(below) == ["id", "id", "...A"]
@@ -124,7 +124,7 @@ def test_the_type_condition_in_force_is_given() -> None:
     document = parse("query { ... on Order { a } ...F } fragment F on Product { e }")
     operation = document.definitions[0]
     assert isinstance(operation, OperationDefinitionNode)
-    fragments = fragments_of(document)
+    fragments = fragment_definitions(document)
     inline, spread = operation.selection_set.selections
     assert type_condition(inline, fragments) == "Order"
     assert type_condition(spread, fragments) == "Product"
@@ -155,7 +155,7 @@ def test_a_deep_nesting_of_fragments_needs_no_recursion() -> None:
     document = parse(query, max_tokens=None)
     operation = document.definitions[0]
     assert isinstance(operation, OperationDefinitionNode)
-    reached = list(walk(operation.selection_set, fragments_of(document)))
+    reached = list(walk(operation.selection_set, fragment_definitions(document)))
     assert _names(reached)[-1] == "leaf"
     assert len(reached[-1].expanding) == depth + 1
 

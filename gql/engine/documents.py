@@ -27,7 +27,7 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from core.bounded import BoundedCache
 from core.settings import Settings
 from gql.engine.query_limits import query_limits_rule_for
-from gql.engine.walk import fragments_of, walk
+from gql.engine.walk import fragment_definitions, walk
 
 MAX_DOCUMENTS = 1000
 
@@ -105,7 +105,7 @@ class DocumentCache:
 
 def _count_root_fields(document: DocumentNode, operation: OperationDefinitionNode) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for reached in walk(operation.selection_set, fragments_of(document)):
+    for reached in walk(operation.selection_set, fragment_definitions(document)):
         if isinstance(reached.node, FieldNode):
             counts[reached.node.name.value] += 1
     return counts

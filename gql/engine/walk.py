@@ -57,7 +57,7 @@ class Reached(NamedTuple):
     """For a fragment spread, the fragment's definition (None if the document has none)."""
 
 
-def fragments_of(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+def fragment_definitions(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
     """The document's fragment definitions by name."""
     return {
         definition.name.value: definition
