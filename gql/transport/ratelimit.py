@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from core.redis import RedisCircuit
 from core.settings import Settings
 from gql.engine.internals import moving_window_acquire
+from gql.transport.allowance import LocalAllowances
 from gql.transport.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class RateLimiter:
         else:
             storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
+        # Shared counts only: in memory a hit costs less than an allowance would save.
+        share = settings.rate_limit_local_share if redis is not None else 0.0
+        self._allowances = LocalAllowances(self._hit, share) if share > 0 else None
         self._request_limits = parse_many(settings.rate_limit_default)
         self._field_limits = {
             name: parse_many(limit) for name, limit in settings.rate_limit_fields.items()
@@ -132,7 +136,11 @@ class RateLimiter:
             return None
         try:
             for item, scope, cost in checks:
-                if not await self._limiter.hit(item, scope, caller, cost=cost):
+                if self._allowances is not None:
+                    allowed = await self._allowances.take(item, scope, caller, cost)
+                else:
+                    allowed = await self._hit(item, scope, caller, cost)
+                if not allowed:
                     RATE_LIMITED.labels(scope).inc()
                     stats = await self._limiter.get_window_stats(item, scope, caller)
                     retry_after = max(1, math.ceil(stats.reset_time - time.time()))
@@ -143,6 +151,9 @@ class RateLimiter:
             self._let_through_unchecked()
             return None
         return None
+
+    async def _hit(self, item: RateLimitItem, scope: str, caller: str, cost: int) -> bool:
+        return await self._limiter.hit(item, scope, caller, cost=cost)
 
     def _let_through_unchecked(self) -> None:
         if not self.fail_open:
