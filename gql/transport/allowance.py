@@ -13,8 +13,8 @@ B = floor(share * limit) (`RATE_LIMIT_LOCAL_SHARE`, 0.01 by default):
   their allowance expires still count in Redis;
 - hits carry the time they were taken, up to `ttl` before the request they serve, so a moving
   window may see up to P * B more requests than the limit;
-- a limit under 1 / share (600/minute at 1%: B = 6) is counted exactly when B is 1, as are all
-  field limits by default (30 and 60 a minute).
+- with B = 1 (a limit under 2 / share: 200 a window at 1%, so every field limit by default)
+  every hit is exact; the default 600/minute gets blocks of up to 6.
 """
 
 import math
