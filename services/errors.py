@@ -1,5 +1,7 @@
 """Domain exceptions. Each has a stable `code`; the edge decides how a code is shown."""
 
+from typing import ClassVar
+
 
 class DomainError(Exception):
     """Base of every expected failure of a use case."""
@@ -24,20 +26,46 @@ class BusinessError(DomainError):
     code = "BUSINESS_RULE"
 
 
-class InsufficientStock(BusinessError):
+class RowError(BusinessError):
+    """A failure about one product, order or reservation: it keeps the row's id, and its
+    message names the row first ("order 7 ...")."""
+
+    noun: ClassVar[str]
+
+    def __init__(self, row_id: int, predicate: str) -> None:
+        super().__init__(f"{self.noun} {row_id} {predicate}")
+        self.row_id = row_id
+
+
+class NotFound(RowError):
+    """No row has this id. An order or reservation of another user looks the same: its
+    existence is not revealed."""
+
+    def __init__(self, row_id: int) -> None:
+        super().__init__(row_id, "does not exist")
+
+
+class WrongStatus(RowError):
+    """The row's status rules the use case out; `outcome` ends the message."""
+
+    outcome: ClassVar[str]
+
+    def __init__(self, row_id: int, status: str) -> None:
+        super().__init__(row_id, f"is {status}{self.outcome}")
+        self.status = status
+
+
+class InsufficientStock(RowError):
+    noun = "product"
+
     def __init__(self, product_id: int, *, requested: int, available: int) -> None:
-        super().__init__(
-            f"product {product_id} has {available} unit(s) available, {requested} requested"
-        )
-        self.product_id = product_id
+        super().__init__(product_id, f"has {available} unit(s) available, {requested} requested")
         self.requested = requested
         self.available = available
 
 
-class ProductNotFound(BusinessError):
-    def __init__(self, product_id: int) -> None:
-        super().__init__(f"product {product_id} does not exist")
-        self.product_id = product_id
+class ProductNotFound(NotFound):
+    noun = "product"
 
 
 class CurrencyMismatch(BusinessError):
@@ -58,39 +86,28 @@ class IdempotencyKeyReused(BusinessError):
         self.key = key
 
 
-class OrderNotFound(BusinessError):
-    """Also what another user's order looks like: its existence is not revealed."""
-
-    def __init__(self, order_id: int) -> None:
-        super().__init__(f"order {order_id} does not exist")
-        self.order_id = order_id
+class OrderNotFound(NotFound):
+    noun = "order"
 
 
-class OrderNotCancellable(BusinessError):
-    def __init__(self, order_id: int, status: str) -> None:
-        super().__init__(f"order {order_id} is {status} and cannot be cancelled")
-        self.order_id = order_id
-        self.status = status
+class OrderNotCancellable(WrongStatus):
+    noun = "order"
+    outcome = " and cannot be cancelled"
 
 
-class ReservationNotFound(BusinessError):
-    """Also what another user's reservation looks like."""
+class ReservationNotFound(NotFound):
+    noun = "reservation"
+
+
+class ReservationExpired(RowError):
+    noun = "reservation"
 
     def __init__(self, reservation_id: int) -> None:
-        super().__init__(f"reservation {reservation_id} does not exist")
-        self.reservation_id = reservation_id
+        super().__init__(reservation_id, "has expired; its stock was given back")
 
 
-class ReservationExpired(BusinessError):
-    def __init__(self, reservation_id: int) -> None:
-        super().__init__(f"reservation {reservation_id} has expired; its stock was given back")
-        self.reservation_id = reservation_id
-
-
-class ReservationNotHeld(BusinessError):
+class ReservationNotHeld(WrongStatus):
     """The hold was already released or turned into an order."""
 
-    def __init__(self, reservation_id: int, status: str) -> None:
-        super().__init__(f"reservation {reservation_id} is {status}, no longer held")
-        self.reservation_id = reservation_id
-        self.status = status
+    noun = "reservation"
+    outcome = ", no longer held"

@@ -6,6 +6,7 @@ Create Date: 2026-11-26 00:34:59.548826
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -15,6 +16,42 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+# Helpers of this revision alone, not imports from db.models: a migration must create what it
+# created when it was written, whatever the models become. Each call makes new objects, as a
+# Column belongs to one table.
+
+
+def _enum(name: str, *values: str) -> sa.Enum:
+    """VARCHAR(32) with a CHECK constraint rather than a native PostgreSQL enum, as db.models
+    declares them: adding a value later changes the constraint, not the type (ALTER TYPE)."""
+    return sa.Enum(*values, name=name, native_enum=False, create_constraint=True, length=32)
+
+
+def _timestamp(name: str) -> sa.Column[datetime]:
+    """A timestamptz column that defaults to the time of the insert."""
+    return sa.Column(
+        name, sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+    )
+
+
+def _timestamps() -> tuple[sa.Column[datetime], sa.Column[datetime]]:
+    return _timestamp("created_at"), _timestamp("updated_at")
+
+
+def _in_status(status: str) -> sa.TextClause:
+    return sa.text(f"status = '{status}'")
+
+
+def _create_status_index(name: str, table: str, column: str, status: str) -> None:
+    """A partial index, by `column`, of the rows in one status: the work a worker polls for
+    (notifications due, holds to expire) stays a small index however large the table grows."""
+    op.create_index(name, table, [column], unique=False, postgresql_where=_in_status(status))
+
+
+def _drop_status_index(name: str, table: str, status: str) -> None:
+    op.drop_index(name, table_name=table, postgresql_where=_in_status(status))
 
 
 def upgrade() -> None:
@@ -27,42 +64,20 @@ def upgrade() -> None:
         sa.Column("correlation_id", sa.String(length=128), nullable=True),
         sa.Column(
             "status",
-            sa.Enum(
-                "PENDING",
-                "DELIVERED",
-                "FAILED",
-                name="notification_status",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            _enum("notification_status", "PENDING", "DELIVERED", "FAILED"),
             server_default="PENDING",
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column(
-            "next_attempt_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        _timestamp("next_attempt_at"),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        _timestamp("created_at"),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("attempts >= 0", name=op.f("ck_notifications_attempts_non_negative")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notifications")),
     )
-    op.create_index(
-        "ix_notifications_pending_next_attempt_at",
-        "notifications",
-        ["next_attempt_at"],
-        unique=False,
-        postgresql_where=sa.text("status = 'PENDING'"),
+    _create_status_index(
+        "ix_notifications_pending_next_attempt_at", "notifications", "next_attempt_at", "PENDING"
     )
     op.create_table(
         "products",
@@ -72,34 +87,15 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), server_default="", nullable=False),
         sa.Column(
             "kind",
-            sa.Enum(
-                "HOTEL_ROOM",
-                "FLIGHT_SEAT",
-                "TOUR",
-                "CAR_RENTAL",
-                "EVENT_TICKET",
-                name="product_kind",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
+            _enum(
+                "product_kind", "HOTEL_ROOM", "FLIGHT_SEAT", "TOUR", "CAR_RENTAL", "EVENT_TICKET"
             ),
             nullable=False,
         ),
         sa.Column("price", sa.Numeric(precision=12, scale=2), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("stock", sa.Integer(), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        *_timestamps(),
         sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name=op.f("ck_products_currency_iso4217")),
         sa.CheckConstraint("price >= 0", name=op.f("ck_products_price_non_negative")),
         sa.CheckConstraint("stock >= 0", name=op.f("ck_products_stock_non_negative")),
@@ -117,12 +113,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("is_admin", sa.Boolean(), server_default=sa.text("false"), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        _timestamp("created_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_users_token_hash")),
@@ -133,32 +124,13 @@ def upgrade() -> None:
         sa.Column("user_id", sa.BigInteger(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(
-                "PENDING",
-                "CONFIRMED",
-                "CANCELLED",
-                name="order_status",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            _enum("order_status", "PENDING", "CONFIRMED", "CANCELLED"),
             nullable=False,
         ),
         sa.Column("total_amount", sa.Numeric(precision=12, scale=2), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("idempotency_key", sa.String(length=128), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        *_timestamps(),
         sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name=op.f("ck_orders_currency_iso4217")),
         sa.CheckConstraint("total_amount >= 0", name=op.f("ck_orders_total_non_negative")),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_orders_user_id_users")),
@@ -202,31 +174,11 @@ def upgrade() -> None:
         sa.Column("quantity", sa.Integer(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(
-                "HELD",
-                "CONFIRMED",
-                "RELEASED",
-                "EXPIRED",
-                name="reservation_status",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
+            _enum("reservation_status", "HELD", "CONFIRMED", "RELEASED", "EXPIRED"),
             nullable=False,
         ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
+        *_timestamps(),
         sa.CheckConstraint("quantity > 0", name=op.f("ck_reservations_quantity_positive")),
         sa.ForeignKeyConstraint(
             ["order_id"], ["orders.id"], name=op.f("fk_reservations_order_id_orders")
@@ -239,13 +191,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reservations")),
     )
-    op.create_index(
-        "ix_reservations_held_expires_at",
-        "reservations",
-        ["expires_at"],
-        unique=False,
-        postgresql_where=sa.text("status = 'HELD'"),
-    )
+    _create_status_index("ix_reservations_held_expires_at", "reservations", "expires_at", "HELD")
     op.create_index("ix_reservations_order_id", "reservations", ["order_id"], unique=False)
     op.create_index("ix_reservations_product_id", "reservations", ["product_id"], unique=False)
     op.create_index("ix_reservations_user_id_id", "reservations", ["user_id", "id"], unique=False)
@@ -257,11 +203,7 @@ def downgrade() -> None:
     op.drop_index("ix_reservations_user_id_id", table_name="reservations")
     op.drop_index("ix_reservations_product_id", table_name="reservations")
     op.drop_index("ix_reservations_order_id", table_name="reservations")
-    op.drop_index(
-        "ix_reservations_held_expires_at",
-        table_name="reservations",
-        postgresql_where=sa.text("status = 'HELD'"),
-    )
+    _drop_status_index("ix_reservations_held_expires_at", "reservations", "HELD")
     op.drop_table("reservations")
     op.drop_index("ix_order_items_product_id", table_name="order_items")
     op.drop_index("ix_order_items_order_id_id", table_name="order_items")
@@ -275,10 +217,6 @@ def downgrade() -> None:
     op.drop_index("ix_products_kind_id", table_name="products")
     op.drop_index("ix_products_created_at_id", table_name="products")
     op.drop_table("products")
-    op.drop_index(
-        "ix_notifications_pending_next_attempt_at",
-        table_name="notifications",
-        postgresql_where=sa.text("status = 'PENDING'"),
-    )
+    _drop_status_index("ix_notifications_pending_next_attempt_at", "notifications", "PENDING")
     op.drop_table("notifications")
     # ### end Alembic commands ###

@@ -16,16 +16,33 @@ class UserError:
     message: str
 
 
-@strawberry.type(description="Fewer units are available than were asked for.")
-class InsufficientStock(UserError):
+# Bases for the errors about one product, order or reservation: the ID field they share. The
+# schema names none of them (no field returns one), so each error type still reads in the SDL
+# with its own fields, in this order.
+@strawberry.type
+class _ProductError(UserError):
     product_id: strawberry.ID
+
+
+@strawberry.type
+class _OrderError(UserError):
+    order_id: strawberry.ID
+
+
+@strawberry.type
+class _ReservationError(UserError):
+    reservation_id: strawberry.ID
+
+
+@strawberry.type(description="Fewer units are available than were asked for.")
+class InsufficientStock(_ProductError):
     requested: int
     available: int
 
 
 @strawberry.type(description="No product has this ID.")
-class ProductNotFound(UserError):
-    product_id: strawberry.ID
+class ProductNotFound(_ProductError):
+    pass
 
 
 @strawberry.type(description="The products are priced in different currencies.")
@@ -41,29 +58,27 @@ class IdempotencyKeyReused(UserError):
 
 
 @strawberry.type(description="No order with this ID is visible to the viewer.")
-class OrderNotFound(UserError):
-    order_id: strawberry.ID
+class OrderNotFound(_OrderError):
+    pass
 
 
 @strawberry.type(description="The order is already cancelled.")
-class OrderNotCancellable(UserError):
-    order_id: strawberry.ID
+class OrderNotCancellable(_OrderError):
     status: str
 
 
 @strawberry.type(description="No reservation with this ID is visible to the viewer.")
-class ReservationNotFound(UserError):
-    reservation_id: strawberry.ID
+class ReservationNotFound(_ReservationError):
+    pass
 
 
 @strawberry.type(description="The hold passed its `expiresAt`; its stock was given back.")
-class ReservationExpired(UserError):
-    reservation_id: strawberry.ID
+class ReservationExpired(_ReservationError):
+    pass
 
 
 @strawberry.type(description="The hold was already released or turned into an order.")
-class ReservationNotHeld(UserError):
-    reservation_id: strawberry.ID
+class ReservationNotHeld(_ReservationError):
     status: str
 
 
@@ -126,36 +141,34 @@ def user_error(error: errors.BusinessError) -> UserError:  # noqa: PLR0911
         case errors.InsufficientStock():
             return InsufficientStock(
                 message=error.message,
-                product_id=_gid("Product", error.product_id),
+                product_id=_gid("Product", error.row_id),
                 requested=error.requested,
                 available=error.available,
             )
         case errors.ProductNotFound():
-            return ProductNotFound(
-                message=error.message, product_id=_gid("Product", error.product_id)
-            )
+            return ProductNotFound(message=error.message, product_id=_gid("Product", error.row_id))
         case errors.CurrencyMismatch():
             return CurrencyMismatch(message=error.message, currencies=error.currencies)
         case errors.IdempotencyKeyReused():
             return IdempotencyKeyReused(message=error.message, idempotency_key=error.key)
         case errors.OrderNotFound():
-            return OrderNotFound(message=error.message, order_id=_gid("Order", error.order_id))
+            return OrderNotFound(message=error.message, order_id=_gid("Order", error.row_id))
         case errors.OrderNotCancellable():
             return OrderNotCancellable(
-                message=error.message, order_id=_gid("Order", error.order_id), status=error.status
+                message=error.message, order_id=_gid("Order", error.row_id), status=error.status
             )
         case errors.ReservationNotFound():
             return ReservationNotFound(
-                message=error.message, reservation_id=_gid("Reservation", error.reservation_id)
+                message=error.message, reservation_id=_gid("Reservation", error.row_id)
             )
         case errors.ReservationExpired():
             return ReservationExpired(
-                message=error.message, reservation_id=_gid("Reservation", error.reservation_id)
+                message=error.message, reservation_id=_gid("Reservation", error.row_id)
             )
         case errors.ReservationNotHeld():
             return ReservationNotHeld(
                 message=error.message,
-                reservation_id=_gid("Reservation", error.reservation_id),
+                reservation_id=_gid("Reservation", error.row_id),
                 status=error.status,
             )
     raise error
