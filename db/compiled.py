@@ -12,10 +12,16 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect  # 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from db.reads import PooledReads
+
 _dialect = AsyncpgDialect()  # type: ignore[no-untyped-call]
 
 # asyncpg.Record: item access by column name (`row["id"]`), no ORM state.
 Record = Any
+
+Reader = AsyncSession | PooledReads
+"""Where a compiled read runs: a request's pooled connection, or a session (inside its
+transaction, when it has one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +81,14 @@ async def driver_connection(session: AsyncSession) -> Any:
     return driver
 
 
-async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) -> list[Record]:
+async def fetch(reader: Reader, query: CompiledQuery, **parameters: Any) -> list[Record]:
     """Run a read. Not for writes or `FOR UPDATE`: SQLAlchemy's adapter begins its database
     transaction lazily, on its own first statement, so a statement sent here before that runs
     in autocommit (harmless for a read under READ COMMITTED, wrong for a lock)."""
-    driver = await driver_connection(session)
+    if isinstance(reader, PooledReads):
+        driver = await reader.driver()
+    else:
+        driver = await driver_connection(reader)
     try:
         rows: list[Record] = await driver.fetch(query.sql, *query.arguments(parameters))
     except Exception as error:
@@ -88,16 +97,19 @@ async def fetch(session: AsyncSession, query: CompiledQuery, **parameters: Any) 
         # The server dropped the connection (restart, failover, idle kill). SQLAlchemy never
         # saw this statement, so tell the pool ourselves: the connection is discarded rather
         # than handed to the next request, and the caller learns the database is unavailable.
-        session.info.pop(_DRIVER_KEY, None)
-        await (await session.connection()).invalidate(error)
+        if isinstance(reader, PooledReads):
+            await reader.invalidate(error)
+        else:
+            reader.info.pop(_DRIVER_KEY, None)
+            await (await reader.connection()).invalidate(error)
         raise ConnectionError("the database connection was lost") from error
     return rows
 
 
 async def fetch_by_id(
-    session: AsyncSession, query: CompiledQuery, ids: Sequence[int], **parameters: Any
+    reader: Reader, query: CompiledQuery, ids: Sequence[int], **parameters: Any
 ) -> dict[int, Record]:
     """`query` with its `keys` parameter bound to an array of `ids`, its rows by their `id`
     column; ids that match no row are simply absent."""
-    rows = await fetch(session, query, keys=list(ids), **parameters)
+    rows = await fetch(reader, query, keys=list(ids), **parameters)
     return {row["id"]: row for row in rows}

@@ -10,10 +10,17 @@ from functools import lru_cache
 
 from sqlalchemy import ColumnElement, String, any_, bindparam, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, columns_named, compile_query, exact_text, fetch
+from db.compiled import (
+    CompiledQuery,
+    Reader,
+    Record,
+    columns_named,
+    compile_query,
+    exact_text,
+    fetch,
+)
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.pagination import Page, page_from
@@ -155,7 +162,7 @@ def check_filter(product_filter: ProductFilter) -> None:
 
 
 async def search_products(
-    session: AsyncSession,
+    reader: Reader,
     *,
     product_filter: ProductFilter,
     sort: ProductSort,
@@ -185,7 +192,7 @@ async def search_products(
     )
     escaped = (needle or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     rows = await fetch(
-        session,
+        reader,
         _search_query(shape),
         kinds=[kind.value for kind in product_filter.kinds],
         min_price=product_filter.min_price,
@@ -199,10 +206,10 @@ async def search_products(
 
 
 async def products_by_ids(
-    session: AsyncSession, ids: Sequence[int], *, columns: tuple[str, ...] | None = None
+    reader: Reader, ids: Sequence[int], *, columns: tuple[str, ...] | None = None
 ) -> dict[int, Record]:
     """Products by id in one statement; missing ids are simply absent. `columns` narrows the
     row to what the caller needs (must include "id"): decoding unused columns, two timestamps
     and a long description among them, costs more than the lookup."""
-    rows = await fetch(session, _products_by_ids_query(columns), keys=list(ids))
+    rows = await fetch(reader, _products_by_ids_query(columns), keys=list(ids))
     return {row["id"]: row for row in rows}

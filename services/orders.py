@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
 from db.compiled import (
     CompiledQuery,
+    Reader,
     Record,
     columns_named,
     compile_query,
@@ -82,7 +82,7 @@ _items_by_order_ids_query = compile_query(
 
 
 async def list_orders(
-    session: AsyncSession,
+    reader: Reader,
     actor: Actor,
     *,
     status: OrderStatus | None,
@@ -96,7 +96,7 @@ async def list_orders(
         by_status=status is not None, after=after_id is not None, columns=columns
     )
     rows = await fetch(
-        session,
+        reader,
         query,
         actor_id=actor.user_id,
         status=status.value if status is not None else None,
@@ -107,18 +107,16 @@ async def list_orders(
 
 
 async def readable_orders_by_ids(
-    session: AsyncSession, actor: Actor, ids: Sequence[int]
+    reader: Reader, actor: Actor, ids: Sequence[int]
 ) -> dict[int, Record]:
     """The orders among `ids` that `actor` may read; the others are absent, as if missing."""
     query = _orders_by_ids_query(admin=actor.is_admin)
-    return await fetch_by_id(session, query, ids, actor_id=actor.user_id)
+    return await fetch_by_id(reader, query, ids, actor_id=actor.user_id)
 
 
-async def items_by_order_ids(
-    session: AsyncSession, order_ids: Sequence[int]
-) -> dict[int, list[Record]]:
+async def items_by_order_ids(reader: Reader, order_ids: Sequence[int]) -> dict[int, list[Record]]:
     """Line items grouped by order, in insertion order. Callers pass readable orders only."""
     grouped: dict[int, list[Record]] = defaultdict(list)
-    for row in await fetch(session, _items_by_order_ids_query, keys=list(order_ids)):
+    for row in await fetch(reader, _items_by_order_ids_query, keys=list(order_ids)):
         grouped[row["order_id"]].append(row)
     return grouped

@@ -4,10 +4,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.arrays import equals_any_parameter
-from db.compiled import CompiledQuery, Record, compile_query, fetch_by_id
+from db.compiled import CompiledQuery, Reader, Record, compile_query, fetch_by_id
 from db.models import User
 from db.rows import LightSelect
 from services.auth import Actor
@@ -29,7 +28,7 @@ def _users_by_ids_query(*, admin: bool) -> CompiledQuery:
 
 
 async def readable_users_by_ids(
-    session: AsyncSession, actor: Actor, ids: Sequence[int]
+    reader: Reader, actor: Actor, ids: Sequence[int]
 ) -> dict[int, Record]:
     query = _users_by_ids_query(admin=actor.is_admin)
-    return await fetch_by_id(session, query, ids, actor_id=actor.user_id)
+    return await fetch_by_id(reader, query, ids, actor_id=actor.user_id)

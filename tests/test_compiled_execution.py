@@ -38,7 +38,9 @@ async def _run(
     target: Any, query: str, session_factory: async_sessionmaker[AsyncSession], actor: Actor
 ) -> dict[str, Any]:
     async with session_factory() as session:
-        context = Context(session=session, settings=Settings(), viewer=actor, auth_error=None)
+        context = Context(
+            sessions=lambda: session, settings=Settings(), viewer=actor, auth_error=None
+        )
         result = await target.execute(
             query, variable_values={"withItems": True}, context_value=context
         )
@@ -105,7 +107,9 @@ async def test_fragment_directives_follow_each_requests_variables(
     actor = Actor(user_id=user.id, is_admin=False)
     for x in (True, False, True, False):
         async with session_factory() as session:
-            context = Context(session=session, settings=Settings(), viewer=actor, auth_error=None)
+            context = Context(
+                sessions=lambda: session, settings=Settings(), viewer=actor, auth_error=None
+            )
             result = await schema.execute(query, variable_values={"x": x}, context_value=context)
         assert result.errors is None, result.errors
         assert result.data is not None

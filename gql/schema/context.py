@@ -1,4 +1,4 @@
-"""The per-request GraphQL context: session, viewer, loaders, background tasks."""
+"""The per-request GraphQL context: database access, viewer, loaders, background tasks."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -9,6 +9,8 @@ from starlette.background import BackgroundTasks
 from strawberry.types import Info as StrawberryInfo
 
 from core.settings import Settings
+from db.compiled import Reader
+from db.reads import PooledReads
 from gql.errors import RequestFinished, Unauthenticated
 from services.auth import Actor
 
@@ -25,29 +27,38 @@ T = TypeVar("T")
 
 class Context:
     """Nothing in here outlives the request. `background_tasks` run once the response is sent
-    (the endpoint awaits them), with the request's correlation ID."""
+    (the endpoint awaits them), with the request's correlation ID.
+
+    Database access goes through two doors, one at a time: `read_turn` for compiled reads (on
+    `reads`, a pooled connection, when given: no ORM session is made for a read-only request),
+    `session_turn` for the ORM and transactions (the session is made on first use, and the
+    read connection goes back to the pool first, so a request holds one connection at most)."""
 
     def __init__(
         self,
         *,
-        session: AsyncSession,
+        sessions: Callable[[], AsyncSession],
         settings: Settings,
         viewer: Actor | None,
         auth_error: str | None,
+        reads: PooledReads | None = None,
         correlation_id: str | None = None,
         background_tasks: BackgroundTasks | None = None,
     ) -> None:
-        self.session = session
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
+        self.reads = reads
         self.settings = settings
         self.viewer = viewer
         self.auth_error = auth_error
         self.correlation_id = correlation_id
         self.background_tasks = background_tasks or BackgroundTasks()
-        # One AsyncSession cannot run two statements at once, but loaders of different types
+        # One connection cannot run two statements at once, but loaders of different types
         # dispatch their batches as concurrent tasks: they take turns through this lock.
         self._db_lock = asyncio.Lock()
         self._closed = False
-        self._turn = SessionTurn(self)
+        self._session_turn = SessionTurn(self)
+        self._read_turn = ReadTurn(self)
         self._loaders: dict[type[RequestLoader], RequestLoader] = {}
         # What the `_entities` fields of each operation (by id) have cost so far
         # (gql.schema.federation).
@@ -61,17 +72,28 @@ class Context:
         return loader  # type: ignore[return-value]
 
     def session_turn(self) -> "SessionTurn":
-        """`async with context.session_turn() as session:` the session, to this caller alone
-        until the block ends. Every use of the session goes through here: root fields and
-        loaders run as concurrent tasks, one connection runs one statement at a time, and once
-        the request has closed its session (see `close`) a resolver still running must not
-        check out a new connection."""
-        return self._turn
+        """`async with context.session_turn() as session:` the ORM session, to this caller
+        alone until the block ends. Every use of the database goes through here or
+        `read_turn`: root fields and loaders run as concurrent tasks, one connection runs one
+        statement at a time, and once the request has closed (see `close`) a resolver still
+        running must not check out a new connection."""
+        return self._session_turn
+
+    def read_turn(self) -> "ReadTurn":
+        """`async with context.read_turn() as reader:` where compiled reads run
+        (`db.compiled.fetch`): the pooled read connection, or the session while it is in a
+        transaction (a write's own reads see its writes)."""
+        return self._read_turn
 
     async def query(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """`operation(session, ...)` in the session's turn (`session_turn`)."""
         async with self.session_turn() as session:
             return await operation(session, *args, **kwargs)
+
+    async def read(self, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """`operation(reader, ...)` in a read turn (`read_turn`)."""
+        async with self.read_turn() as reader:
+            return await operation(reader, *args, **kwargs)
 
     async def close(self) -> None:
         """Give the connection back to the pool, once the statement running now (if any) is
@@ -80,7 +102,23 @@ class Context:
         turn behind this one and then find the request over, instead of racing the close."""
         async with self._db_lock:
             self._closed = True
-            await self.session.close()
+            try:
+                if self.reads is not None:
+                    await self.reads.release()
+            finally:
+                if self._session is not None:
+                    await self._session.close()
+
+    async def _enter(self) -> None:
+        await self._db_lock.acquire()
+        if self._closed:
+            self._db_lock.release()
+            raise RequestFinished
+
+    def _session_now(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
 
     def forget_loaded(self) -> None:
         """Drop every loader (and its cache): after a write, loaded rows may be stale."""
@@ -94,7 +132,7 @@ class Context:
 
 class SessionTurn:
     """The async context manager of `Context.session_turn`: a class, not a generator, as it
-    runs for every statement of every request; one per context, its state is the lock's."""
+    runs for every statement of a request; one per context, its state is the lock's."""
 
     __slots__ = ("_context",)
 
@@ -103,11 +141,34 @@ class SessionTurn:
 
     async def __aenter__(self) -> AsyncSession:
         context = self._context
-        await context._db_lock.acquire()
-        if context._closed:
-            context._db_lock.release()
-            raise RequestFinished
-        return context.session
+        await context._enter()
+        if context.reads is not None and context.reads.holds_connection:
+            try:
+                await context.reads.release()  # one connection per request at most
+            except BaseException:
+                context._db_lock.release()
+                raise
+        return context._session_now()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._context._db_lock.release()
+
+
+class ReadTurn:
+    """The async context manager of `Context.read_turn` (see `SessionTurn`)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    async def __aenter__(self) -> Reader:
+        context = self._context
+        await context._enter()
+        session = context._session
+        if context.reads is None or (session is not None and session.in_transaction()):
+            return context._session_now()
+        return context.reads
 
     async def __aexit__(self, *_exc: object) -> None:
         self._context._db_lock.release()

@@ -5,8 +5,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiodataloader import DataLoader
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.compiled import Reader
 from services import catalog, orders, reservations, users
 from services.auth import Actor
 
@@ -15,10 +15,10 @@ if TYPE_CHECKING:
 
 Row = Any
 # A service's read of the rows among some ids that an actor may read (`orders.readable_...`).
-ReadableByIds = Callable[[AsyncSession, Actor, Sequence[int]], Awaitable[Mapping[int, Row]]]
+ReadableByIds = Callable[[Reader, Actor, Sequence[int]], Awaitable[Mapping[int, Row]]]
 
 
-class _SessionLoader(DataLoader[Any, Any]):
+class _RequestLoader(DataLoader[Any, Any]):
     # Each subclass defines it as a method; it takes any sequence of keys (`load_level`).
     batch_load_fn: Callable[[Sequence[Any]], Coroutine[Any, Any, list[Any]]]
 
@@ -40,49 +40,53 @@ class _SessionLoader(DataLoader[Any, Any]):
     ) -> list[Row | None]:
         """The rows of `keys` that the viewer may read, in key order; None for the others."""
         actor = self.context.require_viewer()
-        async with self.context.session_turn() as session:
-            found = await readable_by_ids(session, actor, keys)
+        async with self.context.read_turn() as reader:
+            found = await readable_by_ids(reader, actor, keys)
         return [found.get(key) for key in keys]
 
 
-class ProductByIdLoader(_SessionLoader):
+class ProductByIdLoader(_RequestLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         return await self.load_level(keys, alone=True)
 
     async def load_level(
         self, keys: Sequence[Any], *, alone: bool, columns: tuple[str, ...] | None = None
     ) -> list[Any]:
-        """As `_SessionLoader.load_level`; a list's level also reads only `columns`."""
+        """As `_RequestLoader.load_level`; a list's level also reads only `columns`."""
         if not alone:
             return await self.load_many(keys)
-        async with self.context.session_turn() as session:
-            found = await catalog.products_by_ids(session, keys, columns=columns)
+        async with self.context.read_turn() as reader:
+            found = await catalog.products_by_ids(reader, keys, columns=columns)
         return [found.get(key) for key in keys]
 
 
-class ItemsByOrderIdLoader(_SessionLoader):
+class ItemsByOrderIdLoader(_RequestLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[list[Row]]:
-        async with self.context.session_turn() as session:
-            found = await orders.items_by_order_ids(session, keys)
+        async with self.context.read_turn() as reader:
+            found = await orders.items_by_order_ids(reader, keys)
         return [found.get(key, []) for key in keys]
 
 
-class OrderByIdLoader(_SessionLoader):
+class OrderByIdLoader(_RequestLoader):
     """Only orders the viewer may read; others come back as None, like missing ones."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         return await self._load_readable(orders.readable_orders_by_ids, keys)
 
 
-class UserByIdLoader(_SessionLoader):
+class UserByIdLoader(_RequestLoader):
     """Only users the viewer may read: themselves, or anyone for an admin."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         return await self._load_readable(users.readable_users_by_ids, keys)
 
 
-class ReservationByIdLoader(_SessionLoader):
+class ReservationByIdLoader(_RequestLoader):
     """Only reservations the viewer may read; others come back as None, like missing ones."""
 
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
-        return await self._load_readable(reservations.readable_reservations_by_ids, keys)
+        actor = self.context.require_viewer()
+        # Read through the ORM (rows with attributes, like the reservation mutations').
+        async with self.context.session_turn() as session:
+            found = await reservations.readable_reservations_by_ids(session, actor, keys)
+        return [found.get(key) for key in keys]

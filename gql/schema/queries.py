@@ -1,6 +1,8 @@
 """The Query root: arguments in, services called, types out."""
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
 import strawberry
 
@@ -34,7 +36,7 @@ from gql.schema.types.reservations import Reservation, ReservationStatus
 from gql.schema.types.users import User
 from services import catalog, orders, reservations
 from services.errors import InvalidInput
-from services.pagination import check_page_size
+from services.pagination import Page, RowT, check_page_size
 
 ProductOrder = strawberry.enum(catalog.ProductSort, name="ProductOrder")
 
@@ -61,6 +63,47 @@ def _page_size(context: Context, first: int | None) -> int:
     settings = context.settings
     return check_page_size(
         first, default=settings.default_page_size, maximum=settings.max_page_size
+    )
+
+
+class _HasRowId(Protocol):
+    @property
+    def row_id(self) -> int: ...
+
+
+OwnNodeT = TypeVar("OwnNodeT", bound=_HasRowId)
+
+
+async def _own_page(
+    context: Context,
+    list_own: Callable[..., Awaitable[Page[RowT]]],
+    ordering: str,
+    first: int | None,
+    after: str | None,
+    *,
+    orm: bool = False,
+    **arguments: Any,
+) -> Page[RowT]:
+    """A page of the viewer's own rows (orders, reservations), newest first: keyset by id,
+    after the cursor of `ordering`. `list_own` reads compiled SQL (`Context.read`), or through
+    the ORM session (`orm`, `Context.query`)."""
+    actor = context.require_viewer()
+    limit = _page_size(context, first)
+    after_id = decode_id_cursor(after, ordering)
+    run = context.query if orm else context.read
+    return await run(list_own, actor, after_id=after_id, limit=limit, **arguments)
+
+
+def _own_connection(
+    nodes: list[OwnNodeT], ordering: str, page: Page[Any], after: str | None, edges: FieldTree
+) -> Connection[OwnNodeT]:
+    """The connection of an `_own_page`: each cursor is the node's id."""
+    return connection_of(
+        nodes,
+        lambda i: encode_cursor(ordering, nodes[i].row_id),
+        has_next=page.has_next,
+        has_previous=after is not None,
+        wanted=edges,
     )
 
 
@@ -133,7 +176,7 @@ class Query:
             position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
         edges = subtree(selection_tree(info), "edges")
         wanted = subtree(edges, "node")
-        page = await info.context.query(
+        page = await info.context.read(
             catalog.search_products,
             product_filter=(filter or ProductFilter()).to_service(),
             sort=sort,
@@ -164,28 +207,20 @@ class Query:
         after: str | None = None,
         status: OrderStatus | None = None,  # type: ignore[valid-type]
     ) -> Connection[Order]:
-        context = info.context
-        actor = context.require_viewer()
-        limit = _page_size(context, first)
         edges = subtree(selection_tree(info), "edges")
         wanted = subtree(edges, "node")
-        page = await context.query(
+        page = await _own_page(
+            info.context,
             orders.list_orders,
-            actor,
+            "orders",
+            first,
+            after,
             columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
-            after_id=decode_id_cursor(after, "orders"),
-            limit=limit,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(context, nodes, wanted, alone=True)
-        return connection_of(
-            nodes,
-            lambda i: encode_cursor("orders", nodes[i].row_id),
-            has_next=page.has_next,
-            has_previous=after is not None,
-            wanted=edges,
-        )
+        await prefetch_orders(info.context, nodes, wanted, alone=True)
+        return _own_connection(nodes, "orders", page, after, edges)
 
     @strawberry.field(description="The viewer's reservations (holds), newest first.")  # type: ignore[untyped-decorator]
     async def reservations(
@@ -195,21 +230,15 @@ class Query:
         after: str | None = None,
         status: ReservationStatus | None = None,  # type: ignore[valid-type]
     ) -> Connection[Reservation]:
-        context = info.context
-        actor = context.require_viewer()
-        limit = _page_size(context, first)
-        page = await context.query(
+        page = await _own_page(
+            info.context,
             reservations.list_reservations,
-            actor,
+            "reservations",
+            first,
+            after,
+            orm=True,
             status=status,
-            after_id=decode_id_cursor(after, "reservations"),
-            limit=limit,
         )
-        rows = page.rows
-        return connection_of(
-            [Reservation.from_row(row) for row in rows],
-            lambda i: encode_cursor("reservations", rows[i].id),
-            has_next=page.has_next,
-            has_previous=after is not None,
-            wanted=subtree(selection_tree(info), "edges"),
-        )
+        nodes = [Reservation.from_row(row) for row in page.rows]
+        edges = subtree(selection_tree(info), "edges")
+        return _own_connection(nodes, "reservations", page, after, edges)

@@ -25,6 +25,7 @@ from strawberry.http import GraphQLHTTPResponse, process_result
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
+from db.reads import PooledReads
 from gql.engine.documents import Document, DocumentCache
 from gql.engine.executor import Executor
 from gql.errors import (
@@ -208,15 +209,16 @@ class GraphQLEndpoint:
         document = self.documents.parsed(params.query)
         operation = document.operation(params.operation_name) if document.ast else None
         context = Context(
-            session=self.state.session_factory(),
+            sessions=self.state.session_factory,
+            reads=PooledReads(self.state.engine),
             settings=self.settings,
             viewer=None,  # until `authenticate`
             auth_error=None,
             correlation_id=current_correlation_id(),
             background_tasks=background,
         )
-        # Its session takes a pooled connection only at its first statement, and gives it
-        # back at `Context.close`, below.
+        # It takes a pooled connection only at its first statement, and gives it back at
+        # `Context.close`, below.
         try:
             # Only now, with the body read whole: a connection taken before would wait on a
             # slow client.
