@@ -51,8 +51,8 @@ class LocalAllowances:
         self._hit = hit
         self._share = share
         self._clock = clock
-        self._allowances: BoundedCache[tuple[RateLimitItem, str, str], Allowance] = (
-            BoundedCache(max_callers)
+        self._allowances: BoundedCache[tuple[RateLimitItem, str, str], Allowance] = BoundedCache(
+            max_callers
         )
         self.ttl = ttl
 
