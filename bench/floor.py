@@ -39,6 +39,12 @@ def _cursor(json_array_sql: str) -> str:
     return f"translate(encode(convert_to({json_array_sql}, 'UTF8'), 'base64'), E'+/=\\n', '-_')"
 
 
+# The user of the API token $1, as the service resolves it (services/auth.py).
+_VIEWER = (
+    "SELECT user_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
+    " AND (expires_at IS NULL OR expires_at > now())"
+)
+
 _PRODUCT_CURSOR = _cursor("""format('["products:PRICE_ASC",%s,%s]', to_json(price::text), id)""")
 _ORDER_CURSOR = _cursor("""format('["orders",%s]', id)""")
 
@@ -65,10 +71,10 @@ SELECT json_build_object('data', json_build_object('products', json_build_object
 """
 
 ORDER_HISTORY = f"""
-WITH viewer AS (SELECT id FROM users WHERE token_hash = $1),
+WITH viewer AS ({_VIEWER}),
 page AS (
     SELECT o.id, o.status, o.created_at, o.total_amount, o.currency FROM orders o
-     WHERE o.user_id = (SELECT id FROM viewer) ORDER BY o.id DESC LIMIT $2 + 1
+     WHERE o.user_id = (SELECT user_id FROM viewer) ORDER BY o.id DESC LIMIT $2 + 1
 ), shown AS (SELECT * FROM page ORDER BY id DESC LIMIT $2)
 SELECT CASE WHEN EXISTS (SELECT 1 FROM viewer) THEN
 json_build_object('data', json_build_object('orders', json_build_object(
@@ -109,7 +115,7 @@ ELSE
     json_build_object('data', json_build_object('createOrder', json_build_object(
         '__typename', 'InsufficientStock', 'available', r.available)))
 END::text
-  FROM bench_pg.place_order((SELECT id FROM users WHERE token_hash = $1), $2, $3, $4) r
+  FROM bench_pg.place_order(({_VIEWER}), $2, $3, $4) r
 """
 
 RESERVE_PRODUCT = f"""
@@ -122,7 +128,7 @@ ELSE
     json_build_object('data', json_build_object('reserveProduct', json_build_object(
         '__typename', 'InsufficientStock', 'available', r.available)))
 END::text
-  FROM bench_pg.reserve_product((SELECT id FROM users WHERE token_hash = $1), $2, $3, $4) r
+  FROM bench_pg.reserve_product(({_VIEWER}), $2, $3, $4) r
 """
 
 

@@ -150,6 +150,62 @@ class Settings(BaseSettings):
     hold_sweep_interval_seconds: float = Field(default=15.0, gt=0)
     hold_sweep_batch_size: int = Field(default=500, ge=1)
 
+    # Identity: the platform's identity provider signs JWTs, verified against its published
+    # keys (JWKS); unset JWT_JWKS_URL accepts only API tokens. See README "Identity".
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Asymmetric only: with an HMAC algorithm, anyone holding the public key could sign.
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256"]
+    )
+    # Clock skew allowed between the provider and us on exp, nbf and iat.
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    jwt_auto_provision: bool = True
+    jwt_admin_role: str = "admin"
+    jwt_roles_claim: str = "roles"
+    # Keys older than this are refetched in the background; an unknown kid refetches at once,
+    # but never more often than JWT_JWKS_MIN_REFRESH_SECONDS, so a flood of made-up kids costs
+    # the provider one request per interval.
+    jwt_jwks_cache_seconds: float = Field(default=600.0, gt=0)
+    jwt_jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    jwt_jwks_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        # The asymmetric signatures PyJWT verifies.
+        signatures = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+        signatures += ["ES256", "ES384", "ES512", "EdDSA"]
+        refused = [alg for alg in value if alg not in signatures]
+        if refused or not value:
+            raise ValueError(
+                f"JWT_ALGORITHMS may name only {', '.join(signatures)} "
+                f"(never none or an HMAC algorithm); refused: {', '.join(refused) or 'empty'}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> Self:
+        # A JWT checked without issuer and audience would let in any token the provider signs
+        # for any of its other applications.
+        if self.jwt_jwks_url is None:
+            return self
+        if not self.jwt_issuer or not self.jwt_audience:
+            raise ValueError("JWT_JWKS_URL needs JWT_ISSUER and JWT_AUDIENCE")
+        scheme = self.jwt_jwks_url.partition("://")[0].lower()
+        allowed = ("https", "file") if self.is_production else ("https", "http", "file")
+        if scheme not in allowed:
+            raise ValueError(f"JWT_JWKS_URL must be an {' or '.join(allowed)} URL")
+        return self
+
     # Demo data seeded into an empty database by `make run`.
     seed_users: int = Field(default=50, ge=1)
     seed_products: int = Field(default=500, ge=1)

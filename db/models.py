@@ -98,14 +98,43 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    # sha256 hex of the API token: the token itself is never stored.
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # The `sub` of the identity provider's JWTs (JWT_ISSUER) for this person; null for a user
+    # known only by API tokens.
+    external_subject: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     is_admin: Mapped[bool] = mapped_column(server_default=text("false"), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
 
     orders: Mapped[list["Order"]] = relationship(back_populates="user", lazy="raise")
+
+
+# An API token is named to people by its first characters (its kind and 12 random ones):
+# unique in practice, and far too few to guess the rest from.
+API_TOKEN_PREFIX_LENGTH = 20
+
+
+class ApiToken(Base):
+    """An opaque API token of a user: only its sha256 is stored, and the first characters that
+    name it to people (`prefix`). A user has any number of them."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    # sha256 hex of the token: the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(
+        String(API_TOKEN_PREFIX_LENGTH), unique=True, nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Written in batches (services/token_usage.py), not on every request: about a minute late.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Product(TimestampMixin, Base):

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from core.settings import get_settings
 from db.embedded import resolve_database_url
 from db.migrate import upgrade_to_head
+from db.models import API_TOKEN_PREFIX_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +235,8 @@ async def seed_database(
     try:
         if reset:
             await connection.execute(
-                "TRUNCATE notifications, reservations, order_items, orders, products, users "
-                "RESTART IDENTITY CASCADE"
+                "TRUNCATE notifications, reservations, order_items, orders, products, "
+                "api_tokens, users RESTART IDENTITY CASCADE"
             )
         elif await connection.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
             raise RuntimeError("database already has data; pass --reset to replace it")
@@ -247,18 +248,21 @@ async def seed_database(
         async with connection.transaction():
             await connection.copy_records_to_table(
                 "users",
+                records=[(u.id, u.email, u.name, u.is_admin, now) for u in people],
+                columns=["id", "email", "name", "is_admin", "created_at"],
+            )
+            await connection.copy_records_to_table(
+                "api_tokens",
                 records=[
                     (
                         u.id,
-                        u.email,
-                        u.name,
                         hashlib.sha256(u.token.encode()).hexdigest(),
-                        u.is_admin,
+                        u.token[:API_TOKEN_PREFIX_LENGTH],
                         now,
                     )
                     for u in people
                 ],
-                columns=["id", "email", "name", "token_hash", "is_admin", "created_at"],
+                columns=["user_id", "token_hash", "prefix", "created_at"],
             )
             await connection.copy_records_to_table(
                 "products",

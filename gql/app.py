@@ -1,5 +1,6 @@
 """The FastAPI application: `create_app()` builds one; `app` is the default instance."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from gql.engine.executor import Executor
 from gql.engine.internals import graphql_schema_of
 from gql.schema.build import schema
 from gql.transport.apq import PersistedQueries, load_manifest
+from gql.transport.authentication import Authenticator
 from gql.transport.endpoint import GraphQLEndpoint
 from gql.transport.graphiql import assets_router
 from gql.transport.health import router as health_router
@@ -29,7 +31,6 @@ from gql.transport.middleware import (
     ErrorShieldMiddleware,
 )
 from gql.transport.ratelimit import RateLimiter
-from services.auth import ActorCache
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,18 @@ def create_app(
         engine = create_db_engine(url, settings)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
+        authenticator: Authenticator = app.state.authenticator
+        stop_usage = asyncio.Event()
+        # API tokens' last-used dates, written once a minute rather than on every request.
+        usage = asyncio.create_task(
+            authenticator.usage.run(app.state.session_factory, stop=stop_usage)
+        )
         try:
             yield
         finally:
+            stop_usage.set()
+            await usage  # its last flush included
+            await authenticator.aclose()
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()
@@ -98,8 +108,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.redis = redis
-    # Tokens recently resolved (the endpoint reads it from here on each request).
-    app.state.actors = ActorCache(settings.auth_cache_seconds)
+    # Tokens recently resolved, the JWT verifier (the endpoint reads it from here).
+    app.state.authenticator = Authenticator.from_settings(settings)
     OPERATION_NAMES.limit = settings.metrics_max_operation_names
     graphql_schema = graphql_schema_of(schema)
     # Production: no GraphiQL and no introspection (gateways read `_service { sdl }`).

@@ -1,4 +1,4 @@
-"""Who is asking: API tokens (stored hashed) resolved to an actor."""
+"""Who is asking: API tokens (stored hashed) resolved to an actor, and the cache of actors."""
 
 import enum
 import hashlib
@@ -7,15 +7,19 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, func, or_, select
 
 from core.bounded import BoundedCache
-from db.compiled import compile_query, fetch
-from db.models import User
+from db.compiled import Reader, compile_query, fetch
+from db.models import API_TOKEN_PREFIX_LENGTH, ApiToken, User
+from services.token_usage import TokenUsage
 
 TOKEN_PREFIX = "bk_"
+# Issued tokens start with their kind: `bk_api_` from `python -m services.tokens issue`,
+# `bk_demo_` from the demo seed, so a leaked one says where it came from.
+API_TOKEN_KIND = "bk_api_"
 # What `new_token` makes (and the seed's and tests' tokens): the prefix and URL-safe base64.
 # Anything else cannot be a token of ours, so it is refused without a database round trip.
 _WELL_FORMED_TOKEN = re.compile(r"bk_[A-Za-z0-9_-]{8,128}")
@@ -36,7 +40,12 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(30)
+    return API_TOKEN_KIND + secrets.token_urlsafe(30)
+
+
+def token_prefix(token: str) -> str:
+    """What names the token to people (`list`, `revoke`)."""
+    return token[:API_TOKEN_PREFIX_LENGTH]
 
 
 def is_well_formed_token(token: str) -> bool:
@@ -44,7 +53,13 @@ def is_well_formed_token(token: str) -> bool:
 
 
 _actor_by_token_hash_query = compile_query(
-    select(User.id, User.is_admin).where(User.token_hash == bindparam("token_hash"))
+    select(ApiToken.id.label("token_id"), ApiToken.expires_at, User.id, User.is_admin)
+    .join(User, User.id == ApiToken.user_id)
+    .where(
+        ApiToken.token_hash == bindparam("token_hash"),
+        ApiToken.revoked_at.is_(None),
+        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
+    )
 )
 
 
@@ -56,13 +71,14 @@ NOT_CACHED = NotCached.NOT_CACHED
 
 
 class ActorCache:
-    """Tokens recently resolved, each answer trusted for `ttl` seconds: a client sending many
-    requests costs one lookup per interval instead of one round trip per request. The price is
-    that a token or admin flag changed in the database takes up to `ttl` to apply. Unknown
-    tokens are remembered too, apart, so a client repeating a bad token costs no more than one
-    with a good one, and a flood of made-up tokens cannot push the real ones out (a token is
-    random: none is refused for having been guessed before it was issued). Each part is a
-    `BoundedCache` (`core.bounded`): when full it starts over."""
+    """Credentials recently resolved (API tokens by hash, JWT subjects), each answer trusted
+    for `ttl` seconds: a client sending many requests costs one lookup per interval instead of
+    one round trip per request. The price is that a token or admin flag changed in the
+    database takes up to `ttl` to apply. Unknown keys are remembered too, apart, so a client
+    repeating a bad token costs no more than one with a good one, and a flood of made-up tokens
+    cannot push the real ones out (a token is random: none is refused for having been guessed
+    before it was issued). Each part is a `BoundedCache` (`core.bounded`): when full it starts
+    over."""
 
     def __init__(
         self,
@@ -72,47 +88,63 @@ class ActorCache:
     ) -> None:
         self.ttl = ttl
         self._clock = clock
-        # token hash -> (actor, expiry)
+        # key -> (actor, expiry)
         self._actors: BoundedCache[str, tuple[Actor, float]] = BoundedCache(max_size)
-        self._unknown: BoundedCache[str, float] = BoundedCache(max_size)  # token hash -> expiry
+        self._unknown: BoundedCache[str, float] = BoundedCache(max_size)  # key -> expiry
 
-    def get(self, token_hash: str) -> Actor | NotCached | None:
-        """The actor, None for a token known to be no one's, or NOT_CACHED: look it up."""
+    def get(self, key: str) -> Actor | NotCached | None:
+        """The actor, None for a key known to be no one's, or NOT_CACHED: look it up."""
         now = self._clock()
-        cached = self._actors.get(token_hash)
+        cached = self._actors.get(key)
         if cached is not None:
             if now < cached[1]:
                 return cached[0]
-            self._actors.discard(token_hash)
-        expires_at = self._unknown.get(token_hash)
+            self._actors.discard(key)
+        expires_at = self._unknown.get(key)
         if expires_at is not None:
             if now < expires_at:
                 return None
-            self._unknown.discard(token_hash)
+            self._unknown.discard(key)
         return NOT_CACHED
 
-    def remember(self, token_hash: str, actor: Actor | None) -> None:
-        if self.ttl <= 0:
+    def remember(self, key: str, actor: Actor | None, *, at_most: float | None = None) -> None:
+        """Keep the answer for `ttl` seconds, or `at_most` if shorter (a token expiring)."""
+        ttl = self.ttl if at_most is None else min(self.ttl, at_most)
+        if ttl <= 0:
             return
-        expires_at = self._clock() + self.ttl
+        expires_at = self._clock() + ttl
         if actor is None:
-            self._unknown.put(token_hash, expires_at)
+            self._unknown.put(key, expires_at)
         else:
-            self._actors.put(token_hash, (actor, expires_at))
+            self._actors.put(key, (actor, expires_at))
 
 
 async def actor_for_token(
-    session: AsyncSession, token: str, cache: ActorCache | None = None
+    reader: Reader,
+    token: str,
+    cache: ActorCache | None = None,
+    usage: TokenUsage | None = None,
 ) -> Actor | None:
-    """The actor owning `token`, or None for an unknown token. On every authenticated request,
-    hence a precompiled statement, and the `cache` when given."""
+    """The actor owning `token`, or None for an unknown, expired or revoked token. On every
+    authenticated request, hence a precompiled statement, and the `cache` when given (so a
+    revoked token stops working within its ttl). Each lookup that finds the token tells
+    `usage`, which writes last-used dates in batches, never one per request."""
     token_hash = hash_token(token)
     if cache is not None:
         cached = cache.get(token_hash)
         if not isinstance(cached, NotCached):
             return cached
-    rows = await fetch(session, _actor_by_token_hash_query, token_hash=token_hash)
-    actor = Actor(user_id=rows[0]["id"], is_admin=rows[0]["is_admin"]) if rows else None
+    rows = await fetch(reader, _actor_by_token_hash_query, token_hash=token_hash)
+    if not rows:
+        if cache is not None:
+            cache.remember(token_hash, None)
+        return None
+    row = rows[0]
+    actor = Actor(user_id=row["id"], is_admin=row["is_admin"])
+    if usage is not None:
+        usage.record(row["token_id"])
     if cache is not None:
-        cache.remember(token_hash, actor)
+        expires_at: datetime | None = row["expires_at"]
+        left = None if expires_at is None else (expires_at - datetime.now(UTC)).total_seconds()
+        cache.remember(token_hash, actor, at_most=left)
     return actor

@@ -1,12 +1,14 @@
 """Factories for test data, written through the ORM in one committed transaction each."""
 
 import itertools
+import secrets
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.models import Order, OrderItem, OrderStatus, Product, ProductKind, User
-from services.auth import hash_token
+from db.models import ApiToken, Order, OrderItem, OrderStatus, Product, ProductKind, User
+from services.auth import hash_token, token_prefix
 
 _sequence = itertools.count(1)
 
@@ -15,19 +17,46 @@ class Factory:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self.session_factory = session_factory
 
-    async def user(self, *, is_admin: bool = False, name: str | None = None) -> tuple[User, str]:
-        """A user and their API token."""
+    async def user(
+        self, *, is_admin: bool = False, name: str | None = None, subject: str | None = None
+    ) -> tuple[User, str]:
+        """A user and their API token (`subject`: their identity provider's `sub` too)."""
         n = next(_sequence)
-        token = f"bk_test_token_{n}_{'admin' if is_admin else 'user'}"
         user = User(
             email=f"user{n}@example.test",
             name=name or f"User {n}",
-            token_hash=hash_token(token),
             is_admin=is_admin,
+            external_subject=subject,
         )
         async with self.session_factory() as session, session.begin():
             session.add(user)
+            await session.flush()
+            token = await self.api_token(user, session=session)
         return user, token
+
+    async def api_token(
+        self,
+        user: User,
+        *,
+        expires_at: datetime | None = None,
+        revoked_at: datetime | None = None,
+        session: AsyncSession | None = None,
+    ) -> str:
+        """Another API token of `user`, stored as the service stores them (hashed)."""
+        token = f"bk_test_{secrets.token_urlsafe(24)}"
+        row = ApiToken(
+            user_id=user.id,
+            token_hash=hash_token(token),
+            prefix=token_prefix(token),
+            expires_at=expires_at,
+            revoked_at=revoked_at,
+        )
+        if session is not None:
+            session.add(row)
+            return token
+        async with self.session_factory() as own, own.begin():
+            own.add(row)
+        return token
 
     async def product(
         self,

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.models import User
+from db.models import ApiToken, User
 from services.auth import NOT_CACHED, Actor, ActorCache, hash_token
 from tests.conftest import GraphQL, StatementCounter, error_codes
 from tests.factories import Factory
@@ -58,7 +58,7 @@ def test_unknown_tokens_are_remembered_apart_and_cannot_push_known_ones_out() ->
 async def test_a_token_is_looked_up_once_per_interval(
     app: FastAPI, factory: Factory, gql: GraphQL, statements: StatementCounter
 ) -> None:
-    app.state.actors = ActorCache(ttl=5)
+    app.state.authenticator.actors = ActorCache(ttl=5)
     _, token = await factory.user()
     statements.reset()
     for _ in range(3):
@@ -72,7 +72,7 @@ async def test_an_admin_flag_changed_in_the_database_applies_when_the_entry_expi
     app: FastAPI, factory: Factory, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     clock = FakeClock()
-    app.state.actors = ActorCache(ttl=5, clock=clock)
+    app.state.authenticator.actors = ActorCache(ttl=5, clock=clock)
     user, token = await factory.user(is_admin=True)
     _, other_token = await factory.user()
     other = (await gql("{ me { id } }", token=other_token))["data"]["me"]
@@ -93,11 +93,14 @@ async def test_an_unknown_token_is_remembered_for_the_ttl_only(
     app: FastAPI, gql: GraphQL, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     clock = FakeClock()
-    app.state.actors = ActorCache(ttl=5, clock=clock)
+    app.state.authenticator.actors = ActorCache(ttl=5, clock=clock)
     token = "bk_issued_after_its_first_use"
     assert set(error_codes(await gql(ME, token=token))) == {"UNAUTHENTICATED"}
     async with session_factory() as session, session.begin():
-        session.add(User(email="late@example.test", name="Late", token_hash=hash_token(token)))
+        user = User(email="late@example.test", name="Late")
+        session.add(user)
+        await session.flush()
+        session.add(ApiToken(user_id=user.id, token_hash=hash_token(token), prefix=token[:20]))
     assert set(error_codes(await gql(ME, token=token))) == {"UNAUTHENTICATED"}
     clock.now += 5
     body = await gql(ME, token=token)

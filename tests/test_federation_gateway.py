@@ -2,6 +2,7 @@
 packages) with a tiny `reviews` subgraph that extends Product and points at Orders."""
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from gql.schema.ids import to_global_id
 from tests.conftest import error_codes
 from tests.databases import DatabaseFactory
 from tests.factories import Factory
+from tests.identity_provider import AUDIENCE, ISSUER, IdentityProvider
 from tests.live import node_program, npm_ci, require_node, serving
 
 GATEWAY_DIR = Path(__file__).resolve().parent / "gateway"
@@ -38,12 +40,16 @@ class Supergraph:
     owner_token: str
     other_token: str
     order: Order
+    provider: IdentityProvider  # signs the JWTs the booking subgraph accepts
+    owner_subject: str
 
-    async def query(self, query: str, *, token: str | None = None) -> dict[str, Any]:
+    async def query(
+        self, query: str, *, token: str | None = None, status: int | None = 200
+    ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with httpx.AsyncClient(timeout=30) as client:
             response = await client.post(self.url, json={"query": query}, headers=headers)
-        assert response.status_code == 200, response.text
+        assert status is None or response.status_code == status, response.text
         body: dict[str, Any] = response.json()
         return body
 
@@ -55,7 +61,15 @@ async def supergraph(
     """One supergraph for the module (starting Node programs takes seconds), over a database
     of its own that the tests only read."""
     database_url = await databases.create()
-    settings = Settings(environment="test", redis_url=None, db_pool_size=5)
+    provider = IdentityProvider()
+    settings = Settings(
+        environment="test",
+        redis_url=None,
+        db_pool_size=5,
+        jwt_jwks_url=provider.write_jwks(tmp_path_factory.mktemp("idp") / "jwks.json"),
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+    )
     engine = create_db_engine(database_url, settings)
     try:
         async for supergraph in _supergraph(
@@ -64,6 +78,7 @@ async def supergraph(
             settings,
             Factory(create_session_factory(engine)),
             tmp_path_factory.mktemp("supergraph"),
+            provider=provider,
         ):
             yield supergraph
     finally:
@@ -72,13 +87,20 @@ async def supergraph(
 
 
 async def _supergraph(
-    gateway_packages: Path, database_url: str, settings: Settings, factory: Factory, logs: Path
+    gateway_packages: Path,
+    database_url: str,
+    settings: Settings,
+    factory: Factory,
+    logs: Path,
+    *,
+    provider: IdentityProvider,
 ) -> AsyncIterator[Supergraph]:
     products = [
         await factory.product(name="Harbour View Room", price="120.00"),
         await factory.product(name="Old Town Walking Tour", price="25.50"),
     ]
-    owner, owner_token = await factory.user()
+    owner_subject = "auth0|gateway-owner"
+    owner, owner_token = await factory.user(subject=owner_subject)
     _, other_token = await factory.user()
     order = await factory.order(owner, [(products[0], 2)])
     product_ids = [to_global_id("Product", product.id) for product in products]
@@ -116,6 +138,8 @@ async def _supergraph(
                 owner_token=owner_token,
                 other_token=other_token,
                 order=order,
+                provider=provider,
+                owner_subject=owner_subject,
             )
 
 
@@ -222,3 +246,47 @@ async def test_order_entity_fetched_for_the_other_subgraph_is_authorized_like_or
     ]
     assert anonymous["data"]["latestReviews"][2]["order"] is None
     assert "UNAUTHENTICATED" in error_codes(anonymous), anonymous
+
+
+async def test_gateway_forwards_a_jwt_so_the_owner_reads_their_order(
+    supergraph: Supergraph,
+) -> None:
+    """The identity provider's JWT, as a frontend sends it to the gateway: the gateway passes
+    the Authorization header on, and the subgraph verifies it like any other request."""
+    order_id = to_global_id("Order", supergraph.order.id)
+    query = (
+        f'{{ me {{ email }} order(id: "{order_id}") {{ status total {{ amount }}'
+        " items { product { name reviews { rating } } } } }"
+    )
+    provider = supergraph.provider
+    owner = await supergraph.query(query, token=provider.token(supergraph.owner_subject))
+    assert "errors" not in owner, owner
+    assert owner["data"]["me"] == {"email": supergraph.owner.email}
+    assert owner["data"]["order"] == {
+        "status": "CONFIRMED",
+        "total": {"amount": "240.00"},
+        "items": [
+            {
+                "product": {
+                    "name": "Harbour View Room",
+                    "reviews": [{"rating": 5}, {"rating": 4}, {"rating": 5}],
+                },
+            },
+        ],
+    }
+
+    # Someone else signed in with the provider (provisioned on first sight): no order.
+    other = await supergraph.query(query, token=provider.token("auth0|gateway-stranger"))
+    assert "errors" not in other, other
+    assert other["data"]["order"] is None
+
+    # The owner's token, expired: the subgraph answers 401 before executing anything, and
+    # Apollo Gateway passes that on as UNAUTHENTICATED with the subgraph's own error.
+    now = int(time.time())
+    expired = provider.token(supergraph.owner_subject, exp=now - 60, iat=now - 600)
+    refused = await supergraph.query(query, token=expired)
+    assert refused["data"] == {"me": None, "order": None}, refused
+    [error] = refused["errors"]
+    assert error["extensions"]["code"] == "UNAUTHENTICATED"
+    assert error["extensions"]["response"]["status"] == 401
+    assert "JWT expired" in json.dumps(error["extensions"]["response"]["body"])

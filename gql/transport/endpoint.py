@@ -42,7 +42,7 @@ from gql.errors import (
 )
 from gql.schema.context import Context
 from gql.transport.apq import PersistedQueries, is_sha256, sha256_of
-from gql.transport.authentication import authenticate
+from gql.transport.authentication import AuthenticationRefused, authenticate
 from gql.transport.graphiql import graphiql_html
 from gql.transport.metrics import ERRORS, observe_latency
 from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
@@ -222,7 +222,12 @@ class GraphQLEndpoint:
         try:
             # Only now, with the body read whole: a connection taken before would wait on a
             # slow client.
-            await authenticate(context, request.authorization, self.state.actors)
+            try:
+                await authenticate(context, request.authorization, self.state.authenticator)
+            except AuthenticationRefused as refused:
+                raise Refused(
+                    refused.status, refused.code, refused.message, refused.headers
+                ) from None
             # Every request counts, the ones that fail to parse or validate too.
             await self._check_rate_limits(context, request, params.query, document, operation)
             if document.ast is None:
