@@ -511,3 +511,21 @@ async def test_a_verified_token_is_remembered_until_the_cache_or_the_token_expir
 
     uncached = verifier(0)
     assert await uncached.verify(long_lived) is not await uncached.verify(long_lived)
+
+
+async def test_refused_tokens_count_against_the_callers_rate_limit(
+    database_url: str, provider: IdentityProvider, jwks: JwksServer
+) -> None:
+    """A flood of bad JWTs costs a signature check each: it is counted like any request, so
+    the caller's limit ends it with 429 instead of an endless stream of 401s."""
+    settings = jwt_settings(jwks.url, rate_limit_enabled=True, rate_limit_default="3/minute")
+    app = create_app(settings, database_url=database_url)
+    now = int(time.time())
+    expired = provider.token(exp=now - 120, iat=now - 600, nbf=now - 600)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            statuses = [
+                (await post(client, "{ me { id } }", token=expired)).status_code for _ in range(5)
+            ]
+    assert statuses == [401, 401, 401, 429, 429]

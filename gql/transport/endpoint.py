@@ -222,14 +222,12 @@ class GraphQLEndpoint:
         try:
             # Only now, with the body read whole: a connection taken before would wait on a
             # slow client.
-            try:
-                await authenticate(context, request.authorization, self.state.authenticator)
-            except AuthenticationRefused as refused:
-                raise Refused(
-                    refused.status, refused.code, refused.message, refused.headers
-                ) from None
-            # Every request counts, the ones that fail to parse or validate too.
+            refusal = await self._authenticate(context, request)
+            # Every request counts, the ones that fail to parse or validate too, and those
+            # with a token refused (each cost a signature check).
             await self._check_rate_limits(context, request, params.query, document, operation)
+            if refusal is not None:
+                raise refusal
             if document.ast is None:
                 return self._request_errors(document.parse_errors, request)
             if operation is None:
@@ -259,6 +257,15 @@ class GraphQLEndpoint:
         if result.errors:
             log_unexpected(result.errors)
         return Answer(200, _media_type(request.accept), orjson.dumps(response_data(result)))
+
+    async def _authenticate(self, context: Context, request: HttpRequest) -> Refused | None:
+        """Set the viewer; a token refused outright is returned, to be raised once the request
+        has been counted against the rate limits."""
+        try:
+            await authenticate(context, request.authorization, self.state.authenticator)
+        except AuthenticationRefused as refused:
+            return Refused(refused.status, refused.code, refused.message, refused.headers)
+        return None
 
     def _wants_graphiql(self, request: HttpRequest) -> bool:
         """A browser (text/html in Accept), also on a shared link with a query in its editor;
