@@ -42,18 +42,12 @@ keepalive = _settings.keepalive
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter if _settings.max_requests else 0
 
-# Logs: access lines (JSON objects) on stdout; gunicorn's own lines and the app's (which
-# propagate to the root logger) on stderr in core.logging's format, correlation ID included.
+# Logs: access lines (JSON objects, written by gql.transport.gunicorn_worker in batches) on
+# stdout; gunicorn's own lines and the app's (which propagate to the root logger) on stderr in
+# core.logging's format, correlation ID included.
 loglevel = _settings.log_level.lower()
-logger_class = "gql.transport.gunicorn_worker.JsonAccessLogger"
 accesslog = "-" if _settings.access_log else None
 errorlog = "-"
-access_log_format = (
-    '{"time": "%(t)s", "type": "access", "remote_addr": "%(h)s", "method": "%(m)s", '
-    '"path": "%(U)s", "query": "%(q)s", "status": %(s)s, "bytes": %(B)s, '
-    '"duration_ms": %(M)s, "user_agent": "%(a)s", '
-    '"correlation_id": "%({x-correlation-id}o)s"}'
-)
 logconfig_dict: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,6 +1,7 @@
 """Production serving: gunicorn.conf.py and its worker (uvloop, httptools, JSON access logs)."""
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -14,9 +15,10 @@ from typing import Any
 import httpx
 import psutil
 from gunicorn.config import Config
+from gunicorn.glogging import Logger
 
 from core.settings import PROJECT_ROOT
-from gql.transport.gunicorn_worker import AccessLogMiddleware, JsonAccessLogger
+from gql.transport.gunicorn_worker import AccessLogMiddleware
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "gql.app:app"]
 
@@ -75,17 +77,12 @@ async def test_gunicorn_refuses_to_start_without_database_url() -> None:
     assert "DATABASE_URL is not set" in stderr
 
 
-def _access_logger(lines: list[str]) -> JsonAccessLogger:
-    """gunicorn's logger set up from gunicorn.conf.py, its access lines captured."""
+def _access_logger(lines: list[str]) -> Logger:
+    """gunicorn's logger, its access lines captured by a handler of its own (not a stream:
+    lines go one by one)."""
     config = Config()
-    namespace: dict[str, Any] = {}
-    exec(
-        compile((PROJECT_ROOT / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"),
-        namespace,
-    )
-    config.set("access_log_format", namespace["access_log_format"])
     config.set("accesslog", "-")
-    log = JsonAccessLogger(config)
+    log = Logger(config)
 
     class Capture(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -190,3 +187,38 @@ async def test_gunicorn_serves_the_api_on_uvloop_and_httptools_with_json_access_
     assert request["path"] == "/graphql"
     assert request["status"] == 200
     assert request["correlation_id"] == response.headers.get("x-correlation-id", "-")
+
+
+async def test_access_lines_are_written_in_batches_and_at_shutdown() -> None:
+    stream = io.StringIO()
+    config = Config()
+    config.set("accesslog", "-")
+    log = Logger(config)
+    log.access_log.handlers = [logging.StreamHandler(stream)]
+    log.access_log.setLevel(logging.INFO)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    middleware = AccessLogMiddleware(app, log)
+    middleware.lines.interval = 0.05
+    scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+    for _ in range(3):
+        await middleware(dict(scope), receive, send)
+    assert stream.getvalue() == ""  # one write for the batch, not one per line
+    await asyncio.sleep(0.1)
+    assert [json.loads(line)["status"] for line in stream.getvalue().splitlines()] == [200] * 3
+
+    await middleware(dict(scope), receive, send)
+    await middleware({"type": "lifespan"}, receive, send)  # the app shuts down: written now
+    assert len(stream.getvalue().splitlines()) == 4
