@@ -130,14 +130,23 @@ class Context:
         return self.viewer
 
 
-class SessionTurn:
-    """The async context manager of `Context.session_turn`: a class, not a generator, as it
-    runs for every statement of a request; one per context, its state is the lock's."""
+class _Turn:
+    """A door of `Context`: a class, not a generator-based context manager, as it runs for
+    every statement of a request; one of each per context, its state is the lock's."""
 
     __slots__ = ("_context",)
 
     def __init__(self, context: Context) -> None:
         self._context = context
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._context._db_lock.release()
+
+
+class SessionTurn(_Turn):
+    """`Context.session_turn`: the ORM session, the read connection given back first."""
+
+    __slots__ = ()
 
     async def __aenter__(self) -> AsyncSession:
         context = self._context
@@ -150,17 +159,11 @@ class SessionTurn:
                 raise
         return context._session_now()
 
-    async def __aexit__(self, *_exc: object) -> None:
-        self._context._db_lock.release()
 
+class ReadTurn(_Turn):
+    """`Context.read_turn`: the pooled reads, or the session while in a transaction."""
 
-class ReadTurn:
-    """The async context manager of `Context.read_turn` (see `SessionTurn`)."""
-
-    __slots__ = ("_context",)
-
-    def __init__(self, context: Context) -> None:
-        self._context = context
+    __slots__ = ()
 
     async def __aenter__(self) -> Reader:
         context = self._context
@@ -169,9 +172,6 @@ class ReadTurn:
         if context.reads is None or (session is not None and session.in_transaction()):
             return context._session_now()
         return context.reads
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self._context._db_lock.release()
 
 
 Info = StrawberryInfo[Context, None]

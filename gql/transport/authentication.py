@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from core.settings import Settings
 from gql.errors import SERVICE_UNAVAILABLE, UNAUTHENTICATED
 from gql.schema.context import Context
+from gql.transport.refusals import Refused
 from services.auth import Actor, ActorCache, actor_for_token, is_well_formed_token
 from services.identity import NoAccount, actor_for_jwt
 from services.jwks import KeysUnavailable
@@ -25,20 +26,6 @@ class Viewer:
 
 
 INVALID_TOKEN = "invalid API token"
-
-
-class AuthenticationRefused(Exception):
-    """The request is answered now, before execution: an HTTP status, a code and a message
-    (the endpoint turns it into its `Refused`)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 class Authenticator:
@@ -67,7 +54,7 @@ async def authenticate(context: Context, header: str | None, authenticator: Auth
     header. Called once the body has been read, so that no pooled connection waits on a slow
     client; a token that cannot be one of ours is refused without a round trip. A bad header
     or API token is remembered, so fields that need a viewer can say what was wrong with it; a
-    JWT that fails verification is AuthenticationRefused (401) before any database work."""
+    JWT that fails verification is Refused (401) before any database work."""
     viewer = await _viewer_for(context, header, authenticator)
     context.viewer = viewer.actor
     context.auth_error = viewer.error
@@ -101,7 +88,7 @@ async def _jwt_actor(
         raise _invalid_token(str(rejected)) from None
     except KeysUnavailable:
         # The token may be fine: a 401 would make a frontend sign its user out.
-        raise AuthenticationRefused(
+        raise Refused(
             503,
             SERVICE_UNAVAILABLE,
             "The identity provider's signing keys cannot be loaded; retry later",
@@ -121,8 +108,8 @@ async def _jwt_actor(
         raise _invalid_token(str(no_account)) from None
 
 
-def _invalid_token(reason: str) -> AuthenticationRefused:
-    return AuthenticationRefused(
+def _invalid_token(reason: str) -> Refused:
+    return Refused(
         401,
         UNAUTHENTICATED,
         f"invalid token: {reason}",

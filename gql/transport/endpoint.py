@@ -42,10 +42,11 @@ from gql.errors import (
 )
 from gql.schema.context import Context
 from gql.transport.apq import PersistedQueries, is_sha256, sha256_of
-from gql.transport.authentication import AuthenticationRefused, authenticate
+from gql.transport.authentication import authenticate
 from gql.transport.graphiql import graphiql_html
 from gql.transport.metrics import ERRORS, observe_latency
 from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
+from gql.transport.refusals import Refused
 
 T = TypeVar("T")
 
@@ -53,28 +54,6 @@ GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
 ALLOWED_METHODS = "GET, POST"
-
-
-class Refused(Exception):
-    """A request turned away before GraphQL execution, answered with a GraphQL-shaped body."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-        *,
-        request_error: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-        # A GraphQL request error (like a parse or limit error): 400 for clients accepting
-        # application/graphql-response+json, 200 with plain application/json.
-        self.request_error = request_error
 
 
 def method_not_allowed(message: str) -> Refused:
@@ -263,8 +242,8 @@ class GraphQLEndpoint:
         has been counted against the rate limits."""
         try:
             await authenticate(context, request.authorization, self.state.authenticator)
-        except AuthenticationRefused as refused:
-            return Refused(refused.status, refused.code, refused.message, refused.headers)
+        except Refused as refused:
+            return refused
         return None
 
     def _wants_graphiql(self, request: HttpRequest) -> bool:
