@@ -212,6 +212,8 @@ async def test_the_access_log_carries_no_graphql_variables(
         ("extensions=%7B%22persistedQuery%22%3A1%7D", "extensions=redacted"),
         ("alice%40example.com=1&query", "redacted&query"),
         ("a=1;variables=2", "redacted"),
+        ("documentId=sha256%3Aab12&variables=1", "documentId=sha256%3Aab12&variables=redacted"),
+        ("documentId=alice%40example.com", "documentId=redacted"),
     ],
 )
 def test_the_redaction_rule(query: str, logged: str) -> None:

@@ -3,8 +3,9 @@ operation's variables (e-mails, notes, idempotency keys) and its text (literals 
 inline) there, and access logs are kept longer and read by more people than the data itself.
 
 The rule: of the GraphQL-over-HTTP parameters (`query`, `variables`, `operationName`,
-`extensions`) the names are kept, with only `operationName`'s value, when it is a GraphQL
-name (an identifier in the client's code, not a person's data); every other value becomes
+`extensions`, `documentId`) the names are kept, with only `operationName`'s value, when it is a
+GraphQL name (an identifier in the client's code, not a person's data), and `documentId`'s, when
+it looks like a document id (a hash or a manifest's key); every other value becomes
 `redacted`, and a parameter of any other name is `redacted` whole (its name may be data too).
 """
 
@@ -12,9 +13,13 @@ import logging
 import re
 from urllib.parse import unquote_plus
 
-GRAPHQL_PARAMETERS = frozenset({"query", "variables", "operationName", "extensions"})
+GRAPHQL_PARAMETERS = frozenset(
+    {"query", "variables", "operationName", "extensions", "documentId"}
+)
 REDACTED = "redacted"
 _GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+# A persisted document's id: a hash (`sha256:<hex>`, bare hex) or a manifest's own key.
+_DOCUMENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 
 
 def redact_query_string(query: str) -> str:
@@ -32,6 +37,8 @@ def _redact_parameter(part: str) -> str:
     if not has_value:
         return name
     if name == "operationName" and _GRAPHQL_NAME.fullmatch(unquote_plus(raw_value)):
+        return f"{name}={raw_value}"
+    if name == "documentId" and _DOCUMENT_ID.fullmatch(unquote_plus(raw_value)):
         return f"{name}={raw_value}"
     return f"{name}={REDACTED}"
 
