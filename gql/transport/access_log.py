@@ -13,9 +13,7 @@ import logging
 import re
 from urllib.parse import unquote_plus
 
-GRAPHQL_PARAMETERS = frozenset(
-    {"query", "variables", "operationName", "extensions", "documentId"}
-)
+GRAPHQL_PARAMETERS = frozenset({"query", "variables", "operationName", "extensions", "documentId"})
 REDACTED = "redacted"
 _GRAPHQL_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
 # A persisted document's id: a hash (`sha256:<hex>`, bare hex) or a manifest's own key.
