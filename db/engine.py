@@ -29,10 +29,7 @@ def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_recycle=settings.db_pool_recycle,
         # SQLAlchemy's own pre-ping, see _ping_on_checkout.
         pool_pre_ping=False,
-        connect_args={
-            "prepared_statement_cache_size": settings.db_statement_cache_size,
-            "server_settings": {"application_name": "booking-gateway"},
-        },
+        connect_args=driver_connect_args(settings),
     )
     if settings.db_pool_pre_ping:
         pool = engine.sync_engine.pool
@@ -41,6 +38,37 @@ def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
             pool, "checkout", partial(_check_on_checkout, ping_after=settings.db_pool_ping_after)
         )
     return engine
+
+
+def driver_connect_args(settings: Settings) -> dict[str, Any]:
+    """What each new connection is opened with. The statement caches are two: SQLAlchemy's
+    adapter prepares its statements itself (`prepared_statement_cache_size`), while
+    `db.compiled` runs its reads on asyncpg directly, through asyncpg's own cache
+    (`statement_cache_size`). Both get the one setting, so `DB_PGBOUNCER=true` (or
+    `DB_STATEMENT_CACHE_SIZE=0`) reaches every path.
+
+    With no cache, nothing needs a name on the server: asyncpg then runs every statement as
+    the unnamed one, parsed again in the same message batch as its execution (it does so
+    whenever its cache is off), so a pooler that gives the next batch another server
+    connection is harmless. SQLAlchemy's adapter would still ask asyncpg for a named statement
+    (`__asyncpg_stmt_1__`, numbered per client connection: two clients sharing a server
+    connection collide); its `prepared_statement_name_func` answering "" makes it the unnamed
+    one too. Its documented alternative, a UUID per statement, collides with nothing but
+    leaves every statement prepared on whichever server connection ran it (asyncpg closes a
+    statement later, on the next checkout's server), piling up until PgBouncer closes it."""
+    cache_size = 0 if settings.db_pgbouncer else settings.db_statement_cache_size
+    args: dict[str, Any] = {
+        "statement_cache_size": cache_size,
+        "prepared_statement_cache_size": cache_size,
+        "server_settings": {"application_name": "booking-gateway"},
+    }
+    if cache_size == 0:
+        args["prepared_statement_name_func"] = _unnamed_statement
+    return args
+
+
+def _unnamed_statement() -> str:
+    return ""
 
 
 _CHECKED_IN_AT = "db.engine.checked_in_at"

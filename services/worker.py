@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from core.tracing import start_tracing, stop_tracing
 from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
 from db.transactions import run_in_transaction
@@ -221,7 +222,12 @@ def run(settings: Settings) -> None:
             loop.add_signal_handler(signum, stop.set)
         await run_worker(settings, stop=stop)
 
-    asyncio.run(serve())
+    # OTEL_* (core/tracing.py): each delivery continues the trace of the request it announces.
+    start_tracing("booking-worker")
+    try:
+        asyncio.run(serve())
+    finally:
+        stop_tracing()
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 data once into the embedded database, and serve the API with uvicorn."""
 
 import asyncio
+import signal
+from types import FrameType
 
 import uvicorn
 from sqlalchemy import text
 
 from core.logging import configure_logging
 from core.settings import get_settings
-from db.embedded import resolve_database_url
+from db.embedded import resolve_database_url, stop_embedded_postgres
 from db.engine import create_db_engine
 from db.migrate import upgrade_to_head
 from db.seed import demo_users, seed_database
@@ -25,7 +27,22 @@ async def _is_empty(url: str) -> bool:
         await engine.dispose()
 
 
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # SIGTERM (`kill`, `docker stop`, make passing its own on) ends the process like Ctrl-C
+    # does, through `finally`: uvicorn shuts down gracefully on it and then raises it again,
+    # which by default would end the process on the spot, leaving the embedded PostgreSQL up.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _serve()
+    finally:
+        stop_embedded_postgres()
+
+
+def _serve() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     url = resolve_database_url(settings.database_url, settings.data_dir)
