@@ -10,9 +10,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 from playwright.async_api import Route, async_playwright, expect
+from sqlalchemy import text
 
 from core.settings import PROJECT_ROOT, Settings
 from gql.app import create_app
+from gql.schema.ids import to_global_id
 from gql.transport.graphiql import NODE_MODULES
 from tests.factories import Factory
 from tests.live import npm_ci, serving
@@ -136,3 +138,41 @@ async def test_graphiql_runs_a_query_in_a_browser_without_internet(
     assert not page_errors, page_errors
     assert not blocked, f"the page tried to reach beyond 127.0.0.1: {blocked}"
     assert any(url.endswith("/graphiql-assets/graphiql.min.js") for url in requested)
+
+
+async def test_graphiql_runs_a_subscription_over_its_websocket(
+    factory: Factory, live_url: str, chromium: Path
+) -> None:
+    product = await factory.product(name="Fjord Cabin", stock=5)
+    product_id = to_global_id("Product", product.id)
+    query = f'subscription {{ productStockChanged(ids: ["{product_id}"]) {{ name stock }} }}'
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 800})
+            sockets: list[str] = []
+            page.on("websocket", lambda socket: sockets.append(socket.url))
+            await page.goto(f"{live_url}/graphql?query={quote(query)}")
+            run = page.locator(".graphiql-execute-button")
+            await expect(run).to_be_visible(timeout=30_000)
+            await run.click()
+            result = page.locator(".graphiql-response")
+            # Written until the subscription, which the click opened, sends the new stock.
+            for stock in range(4, 0, -1):
+                async with factory.session_factory() as session, session.begin():
+                    await session.execute(
+                        text("UPDATE products SET stock = :stock WHERE id = :id"),
+                        {"stock": stock, "id": product.id},
+                    )
+                try:
+                    await expect(result).to_contain_text(f'"stock": {stock}', timeout=2_000)
+                    break
+                except AssertionError:
+                    continue
+            else:
+                pytest.fail("GraphiQL showed no stock change")
+        finally:
+            await browser.close()
+    assert sockets == [live_url.replace("http://", "ws://") + "/graphql"]

@@ -47,7 +47,7 @@ def correlation_id_from(value: bytes | None) -> str:
 class CorrelationIdMiddleware:
     """Takes X-Correlation-ID when well formed, else makes one; keeps it in the ContextVar
     for the whole request (background tasks included: they run inside this call) and echoes
-    it in the response."""
+    it in the response (a WebSocket's: in the handshake's answer)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -66,7 +66,8 @@ class CorrelationIdMiddleware:
         header = (CORRELATION_HEADER, correlation_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # The handshake's answer of a WebSocket carries headers too.
+            if message["type"] in ("http.response.start", "websocket.accept"):
                 headers = [h for h in message.get("headers", []) if h[0] != CORRELATION_HEADER]
                 message["headers"] = [*headers, header]
             await send(message)
