@@ -45,14 +45,16 @@ _VIEWER = (
     " AND (expires_at IS NULL OR expires_at > now())"
 )
 
-_PRODUCT_CURSOR = _cursor("""format('["products:PRICE_ASC",%s,%s]', to_json(price::text), id)""")
+_PRODUCT_CURSOR = _cursor(
+    """format('["products:PRICE_ASC",%s,%s,%s]', to_json(currency), to_json(price::text), id)"""
+)
 _ORDER_CURSOR = _cursor("""format('["orders",%s]', id)""")
 
 PRODUCTS_PAGE = f"""
 WITH page AS (
-    SELECT p.*, row_number() OVER (ORDER BY p.price, p.id) AS n
+    SELECT p.*, row_number() OVER (ORDER BY p.currency, p.price, p.id) AS n
       FROM (SELECT id, name, kind, price, currency, stock FROM products
-             ORDER BY price, id LIMIT $1 + 1) p
+             ORDER BY currency, price, id LIMIT $1 + 1) p
 ), edges AS (
     SELECT n, {_PRODUCT_CURSOR} AS cursor,
            id, name, kind, price, currency, stock

@@ -29,7 +29,7 @@ PRODUCTS_PAGE = """query ProductsPage {
   }
 }"""
 PRODUCTS_PAGE_PG = """query ProductsPage {
-  allProducts(first: 20, orderBy: [PRICE_ASC, ID_ASC]) {
+  allProducts(first: 20, orderBy: [CURRENCY_ASC, PRICE_ASC, ID_ASC]) {
     edges { cursor node { id name kind price currency stock } }
     pageInfo { hasNextPage endCursor }
   }

@@ -2,14 +2,17 @@
 price comes as the exact decimal text PostgreSQL gives (`db.compiled.exact_text`)."""
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, select, tuple_
+from sqlalchemy import ColumnElement, String, any_, bindparam, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute
 
 from db.arrays import equals_any_parameter
 from db.compiled import (
@@ -23,7 +26,7 @@ from db.compiled import (
 )
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
-from services.pagination import Page, page_from
+from services.pagination import Page, Window, page_from
 
 PRODUCT_COLUMNS = (
     Product.id,
@@ -55,48 +58,81 @@ class ProductSort(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class ProductFilter:
     kinds: tuple[ProductKind, ...] = ()
+    currency: str | None = None
     min_price: Decimal | None = None
     max_price: Decimal | None = None
     name_contains: str | None = None
 
 
-_SORT_COLUMN = {
-    ProductSort.PRICE_ASC: Product.price,
-    ProductSort.PRICE_DESC: Product.price,
-    ProductSort.NAME_ASC: Product.name,
-    ProductSort.NEWEST: Product.created_at,
+# The columns of each ordering, then the id (so every position is unique). Amounts compare
+# only within a currency: price orderings group by currency first (alphabetically, reversed
+# for PRICE_DESC), and a price range needs a currency (`check_filter`).
+_SORT_COLUMNS: dict[ProductSort, tuple[InstrumentedAttribute[Any], ...]] = {
+    ProductSort.PRICE_ASC: (Product.currency, Product.price),
+    ProductSort.PRICE_DESC: (Product.currency, Product.price),
+    ProductSort.NAME_ASC: (Product.name,),
+    ProductSort.NEWEST: (Product.created_at,),
 }
 _DESCENDING = {ProductSort.PRICE_DESC, ProductSort.NEWEST}
+_PRICE_SORTS = {ProductSort.PRICE_ASC, ProductSort.PRICE_DESC}
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 SortValue = Decimal | str | datetime
+Position = tuple[SortValue | int, ...]
+"""A row's place in an ordering: its values of the ordering's columns, then its id."""
 
 
-def sort_key(row: Record, sort: ProductSort) -> tuple[str, int]:
-    """The position of `row` in `sort`, as strings a cursor can carry."""
-    value = row[_SORT_COLUMN[sort].key]
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
-    return text, int(row["id"])
+_SORT_NAMES = {
+    sort: tuple(column.key for column in columns) for sort, columns in _SORT_COLUMNS.items()
+}
 
 
-def parse_sort_value(sort: ProductSort, text: str) -> SortValue:
-    """The inverse of `sort_key` for the value part; malformed text is an input error."""
+def sort_columns(sort: ProductSort) -> tuple[str, ...]:
+    """The names of the columns a position in `sort` is made of (without the id)."""
+    return _SORT_NAMES[sort]
+
+
+def sort_key(row: Record, sort: ProductSort) -> tuple[str | int, ...]:
+    """The position of `row` in `sort`, as strings (and the id) a cursor can carry."""
+    key: list[str | int] = []
+    for name in _SORT_NAMES[sort]:
+        value = row[name]
+        key.append(value.isoformat() if isinstance(value, datetime) else str(value))
+    key.append(int(row["id"]))
+    return tuple(key)
+
+
+def key_types(sort: ProductSort) -> tuple[type, ...]:
+    """The types of the parts of `sort_key`: a cursor's, checked when it is decoded."""
+    return (*(str for _ in _SORT_COLUMNS[sort]), int)
+
+
+def parse_sort_key(sort: ProductSort, key: Sequence[object]) -> Position:
+    """The inverse of `sort_key`; malformed values are an input error."""
+    *texts, row_id = key
+    values: list[SortValue | int] = []
     try:
-        if sort in (ProductSort.PRICE_ASC, ProductSort.PRICE_DESC):
-            price = Decimal(text)
-            if not _price_in_range(price):
-                raise InvalidOperation
-            return price
-        if sort is ProductSort.NEWEST:
-            return datetime.fromisoformat(text)
+        for name, text in zip(sort_columns(sort), texts, strict=True):
+            if name == "price":
+                price = Decimal(str(text))
+                if not _price_in_range(price):
+                    raise InvalidOperation
+                values.append(price)
+            elif name == "created_at":
+                values.append(datetime.fromisoformat(str(text)))
+            else:
+                values.append(str(text))
     except (InvalidOperation, ValueError) as exc:
         raise InvalidInput("malformed cursor") from exc
-    return text
+    return (*values, int(str(row_id)))
 
 
 def _filter_conditions(shape: "_SearchShape") -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if shape.kinds:
         conditions.append(Product.kind == any_(bindparam("kinds", type_=ARRAY(String()))))
+    if shape.currency:
+        conditions.append(Product.currency == bindparam("currency"))
     if shape.min_price:
         conditions.append(Product.price >= bindparam("min_price"))
     if shape.max_price:
@@ -112,27 +148,41 @@ class _SearchShape:
 
     sort: ProductSort
     after: bool
+    before: bool
+    backward: bool
     kinds: bool
+    currency: bool
     min_price: bool
     max_price: bool
     name_contains: bool
     columns: tuple[str, ...] | None
 
 
-@lru_cache(maxsize=256)
+def _position_bound(sort: ProductSort, name: str) -> Any:
+    columns = _SORT_COLUMNS[sort]
+    return tuple_(
+        *(bindparam(f"{name}_{i}", type_=column.type) for i, column in enumerate(columns)),
+        bindparam(f"{name}_id"),
+    )
+
+
+@lru_cache(maxsize=512)
 def _search_query(shape: _SearchShape) -> CompiledQuery:
-    column = _SORT_COLUMN[shape.sort]
+    columns = _SORT_COLUMNS[shape.sort]
     descending = shape.sort in _DESCENDING
     selected = columns_named(Product, shape.columns, PRODUCT_COLUMNS)
     statement = select(*selected).where(*_filter_conditions(shape))
+    position = tuple_(*columns, Product.id)
     if shape.after:
-        position = tuple_(column, Product.id)
-        after = tuple_(bindparam("after_value", type_=column.type), bindparam("after_id"))
+        after = _position_bound(shape.sort, "after")
         statement = statement.where(position < after if descending else position > after)
-    if descending:
-        statement = statement.order_by(column.desc(), Product.id.desc())
-    else:
-        statement = statement.order_by(column.asc(), Product.id.asc())
+    if shape.before:
+        before = _position_bound(shape.sort, "before")
+        statement = statement.where(position > before if descending else position < before)
+    # A backward page is read from the window's end, in reverse; the service turns it round.
+    reverse = descending != shape.backward
+    keys = (*columns, Product.id)
+    statement = statement.order_by(*(key.desc() if reverse else key.asc() for key in keys))
     return compile_query(statement.limit(bindparam("limit")))
 
 
@@ -148,6 +198,14 @@ def _price_in_range(price: Decimal) -> bool:
 
 
 def check_filter(product_filter: ProductFilter) -> None:
+    currency = product_filter.currency
+    if currency is not None and not _CURRENCY.match(currency):
+        raise InvalidInput("currency must be an ISO 4217 code of 3 capital letters")
+    ranged = product_filter.min_price is not None or product_filter.max_price is not None
+    if ranged and currency is None:
+        raise InvalidInput(
+            "minPrice and maxPrice compare amounts of one currency: give `currency` too"
+        )
     for bound in (product_filter.min_price, product_filter.max_price):
         if bound is not None and (not bound.is_finite() or bound < 0):
             raise InvalidInput("price bounds must be non-negative numbers")
@@ -166,11 +224,10 @@ async def search_products(
     *,
     product_filter: ProductFilter,
     sort: ProductSort,
-    after: tuple[SortValue, int] | None,
-    limit: int,
+    window: Window[Position],
     columns: tuple[str, ...] | None = None,
 ) -> Page[Record]:
-    """One page of products matching `product_filter`, in `sort` order, after `after`;
+    """One page of products matching `product_filter`, in `sort` order, within `window`;
     `columns` narrows the rows as in `products_by_ids` (the cursor's own columns are added)."""
     check_filter(product_filter)
     needle = product_filter.name_contains
@@ -179,30 +236,72 @@ async def search_products(
     if needle and "\x00" in needle:
         # PostgreSQL text cannot hold NUL: the statement would fail in the database.
         raise InvalidInput("name search must not contain NUL characters")
+    after, before = window.after, window.before
     shape = _SearchShape(
         sort=sort,
         after=after is not None,
+        before=before is not None,
+        backward=window.backward,
         kinds=bool(product_filter.kinds),
+        currency=product_filter.currency is not None,
         min_price=product_filter.min_price is not None,
         max_price=product_filter.max_price is not None,
         name_contains=bool(needle),
-        columns=(
-            None if columns is None else tuple(sorted({*columns, "id", _SORT_COLUMN[sort].key}))
-        ),
+        columns=(None if columns is None else tuple(sorted({*columns, "id", *sort_columns(sort)}))),
     )
-    escaped = (needle or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     rows = await fetch(
         reader,
         _search_query(shape),
-        kinds=[kind.value for kind in product_filter.kinds],
-        min_price=product_filter.min_price,
-        max_price=product_filter.max_price,
-        name_pattern=f"%{escaped}%",
-        after_value=after[0] if after else None,
-        after_id=after[1] if after else None,
-        limit=limit + 1,
+        **_filter_values(product_filter),
+        **_position_values("after", after),
+        **_position_values("before", before),
+        limit=window.limit + 1,
     )
-    return page_from(rows, limit)
+    return page_from(rows, window)
+
+
+async def count_products(reader: Reader, *, product_filter: ProductFilter) -> int:
+    """How many products match `product_filter`: a connection's `totalCount`."""
+    check_filter(product_filter)
+    shape = _SearchShape(
+        sort=ProductSort.NEWEST,
+        after=False,
+        before=False,
+        backward=False,
+        kinds=bool(product_filter.kinds),
+        currency=product_filter.currency is not None,
+        min_price=product_filter.min_price is not None,
+        max_price=product_filter.max_price is not None,
+        name_contains=bool(product_filter.name_contains),
+        columns=None,
+    )
+    (row,) = await fetch(reader, _count_query(shape), **_filter_values(product_filter))
+    return int(row["count"])
+
+
+@lru_cache(maxsize=64)
+def _count_query(shape: _SearchShape) -> CompiledQuery:
+    statement = select(func.count().label("count")).select_from(Product)
+    return compile_query(statement.where(*_filter_conditions(shape)))
+
+
+def _filter_values(product_filter: ProductFilter) -> dict[str, Any]:
+    needle = product_filter.name_contains or ""
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return {
+        "kinds": [kind.value for kind in product_filter.kinds],
+        "currency": product_filter.currency,
+        "min_price": product_filter.min_price,
+        "max_price": product_filter.max_price,
+        "name_pattern": f"%{escaped}%",
+    }
+
+
+def _position_values(name: str, position: Position | None) -> dict[str, Any]:
+    if position is None:
+        return {}
+    *values, row_id = position
+    return {**{f"{name}_{i}": value for i, value in enumerate(values)}, f"{name}_id": row_id}
 
 
 async def products_by_ids(

@@ -2,6 +2,8 @@
 
 from typing import ClassVar
 
+from services.global_ids import to_global_id
+
 
 class DomainError(Exception):
     """Base of every expected failure of a use case."""
@@ -28,12 +30,13 @@ class BusinessError(DomainError):
 
 class RowError(BusinessError):
     """A failure about one product, order or reservation: it keeps the row's id, and its
-    message names the row first ("order 7 ...")."""
+    message names the row first, by the global ID clients know it by ("order T3JkZXI6Nw
+    ...")."""
 
     noun: ClassVar[str]
 
     def __init__(self, row_id: int, predicate: str) -> None:
-        super().__init__(f"{self.noun} {row_id} {predicate}")
+        super().__init__(f"{self.noun} {to_global_id(self.noun.title(), row_id)} {predicate}")
         self.row_id = row_id
 
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 
 from db.arrays import equals_any_parameter
 from db.compiled import (
@@ -23,7 +23,7 @@ from db.compiled import (
 from db.models import Order, OrderItem, OrderStatus
 from db.rows import LightSelect
 from services.auth import Actor
-from services.pagination import Page, page_from
+from services.pagination import Page, Window, page_from
 
 ORDER_COLUMNS = (
     Order.id,
@@ -55,7 +55,7 @@ def readable_orders(*, admin: bool) -> LightSelect:
 
 @lru_cache(maxsize=256)
 def _list_orders_query(
-    *, by_status: bool, after: bool, columns: tuple[str, ...] | None
+    *, by_status: bool, after: bool, before: bool, backward: bool, columns: tuple[str, ...] | None
 ) -> CompiledQuery:
     # "My orders" for admins too: the non-admin rule is exactly "owned by the actor".
     statement = readable_orders(admin=False)
@@ -65,7 +65,21 @@ def _list_orders_query(
         statement = statement.where(Order.status == bindparam("status"))
     if after:
         statement = statement.where(Order.id < bindparam("after_id"))
-    statement = statement.order_by(Order.id.desc()).limit(bindparam("limit"))
+    if before:
+        statement = statement.where(Order.id > bindparam("before_id"))
+    # Newest first; a backward page is read from the window's end, in reverse.
+    statement = statement.order_by(Order.id.asc() if backward else Order.id.desc())
+    return compile_query(statement.limit(bindparam("limit")))
+
+
+@lru_cache(maxsize=16)
+def _count_orders_query(*, by_status: bool) -> CompiledQuery:
+    # The same rule as `_list_orders_query`, counted.
+    statement = readable_orders(admin=False).with_only_columns(
+        func.count().label("count"), maintain_column_froms=True
+    )
+    if by_status:
+        statement = statement.where(Order.status == bindparam("status"))
     return compile_query(statement)
 
 
@@ -86,24 +100,36 @@ async def list_orders(
     actor: Actor,
     *,
     status: OrderStatus | None,
-    after_id: int | None,
-    limit: int,
+    window: Window[int],
     columns: tuple[str, ...] | None = None,
 ) -> Page[Record]:
-    """The actor's own orders, newest first (admins too: this is "my orders"); `columns`
-    narrows the rows as in `catalog.products_by_ids`."""
+    """The actor's own orders, newest first (admins too: this is "my orders"), within
+    `window` (keyed by id); `columns` narrows the rows as in `catalog.products_by_ids`."""
     query = _list_orders_query(
-        by_status=status is not None, after=after_id is not None, columns=columns
+        by_status=status is not None,
+        after=window.after is not None,
+        before=window.before is not None,
+        backward=window.backward,
+        columns=columns,
     )
     rows = await fetch(
         reader,
         query,
         actor_id=actor.user_id,
         status=status.value if status is not None else None,
-        after_id=after_id,
-        limit=limit + 1,
+        after_id=window.after,
+        before_id=window.before,
+        limit=window.limit + 1,
     )
-    return page_from(rows, limit)
+    return page_from(rows, window)
+
+
+async def count_orders(reader: Reader, actor: Actor, *, status: OrderStatus | None) -> int:
+    """How many orders `list_orders` would list in all: a connection's `totalCount`."""
+    query = _count_orders_query(by_status=status is not None)
+    status_value = status.value if status is not None else None
+    (row,) = await fetch(reader, query, actor_id=actor.user_id, status=status_value)
+    return int(row["count"])
 
 
 async def readable_orders_by_ids(

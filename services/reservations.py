@@ -33,7 +33,7 @@ from services.errors import (
     ReservationNotFound,
     ReservationNotHeld,
 )
-from services.pagination import Page, page_from
+from services.pagination import Page, Window, page_from
 
 RESERVATION_COLUMNS = (
     Reservation.id,
@@ -248,18 +248,32 @@ async def list_reservations(
     actor: Actor,
     *,
     status: ReservationStatus | None,
-    after_id: int | None,
-    limit: int,
+    window: Window[int],
 ) -> Page[LightRow]:
     """The actor's own reservations (admins too list only theirs), newest first, filtered by
-    the status a client sees: a lapsed hold counts as EXPIRED, not HELD, swept or not."""
+    the status a client sees (a lapsed hold counts as EXPIRED, not HELD, swept or not),
+    within `window` (keyed by id)."""
     statement = own_reservations(actor)
     if status is not None:
         statement = statement.where(has_effective_status(status))
-    if after_id is not None:
-        statement = statement.where(Reservation.id < after_id)
-    statement = statement.order_by(Reservation.id.desc()).limit(limit + 1)
-    return page_from((await session.execute(statement)).all(), limit)
+    if window.after is not None:
+        statement = statement.where(Reservation.id < window.after)
+    if window.before is not None:
+        statement = statement.where(Reservation.id > window.before)
+    # A backward page is read from the window's end, in reverse.
+    order = Reservation.id.asc() if window.backward else Reservation.id.desc()
+    statement = statement.order_by(order).limit(window.limit + 1)
+    return page_from((await session.execute(statement)).all(), window)
+
+
+async def count_reservations(
+    session: AsyncSession, actor: Actor, *, status: ReservationStatus | None
+) -> int:
+    """How many reservations `list_reservations` would list in all: a `totalCount`."""
+    statement = own_reservations(actor).with_only_columns(func.count(), maintain_column_froms=True)
+    if status is not None:
+        statement = statement.where(has_effective_status(status))
+    return int((await session.execute(statement)).scalar_one())
 
 
 async def readable_reservations_by_ids(

@@ -236,7 +236,7 @@ async def test_unknown_product_is_product_not_found_and_takes_nothing(
     body = await gql(CREATE_ORDER, variables, token=token)
     assert body["data"]["createOrder"] == {
         "__typename": "ProductNotFound",
-        "message": "product 999999 does not exist",
+        "message": f"product {ghost} does not exist",
         "productId": ghost,
     }
     assert await stock_of(session_factory, product) == 5

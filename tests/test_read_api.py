@@ -215,11 +215,11 @@ async def test_product_filters_combine(factory: Factory, gql: GraphQL) -> None:
         assert "errors" not in body, body
         return [edge["node"]["name"] for edge in body["data"]["products"]["edges"]]
 
-    assert await names({"kinds": ["TOUR"], "maxPrice": "100"}) == [
+    assert await names({"kinds": ["TOUR"], "currency": "EUR", "maxPrice": "100"}) == [
         "Lisbon 100% Food Tour",
         "Lisbon Walking Tour",
     ]
-    assert await names({"nameContains": "food", "minPrice": "50.00"}) == [
+    assert await names({"nameContains": "food", "currency": "EUR", "minPrice": "50.00"}) == [
         "Lisbon 100% Food Tour",
         "Porto Food Tour",
     ]
@@ -228,7 +228,8 @@ async def test_product_filters_combine(factory: Factory, gql: GraphQL) -> None:
     assert await names({"nameContains": "_"}) == []
 
     body = await gql(
-        PRODUCTS_PAGE, {"orderBy": "NAME_ASC", "filter": {"minPrice": "9", "maxPrice": "1"}}
+        PRODUCTS_PAGE,
+        {"orderBy": "NAME_ASC", "filter": {"currency": "EUR", "minPrice": "9", "maxPrice": "1"}},
     )
     assert error_codes(body) == ["BAD_USER_INPUT"]
 
@@ -330,7 +331,7 @@ async def test_request_errors_have_stable_codes(gql: GraphQL) -> None:
     assert error_codes(await gql("{ products { nope } }")) == ["GRAPHQL_VALIDATION_FAILED"]
     body = await gql(
         "query ($f: ProductFilter) { products(filter: $f) { edges { cursor } } }",
-        {"f": {"minPrice": "twelve"}},
+        {"f": {"currency": "EUR", "minPrice": "twelve"}},
     )
     assert error_codes(body) == ["BAD_USER_INPUT"]
 

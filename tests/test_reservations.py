@@ -117,7 +117,7 @@ async def test_a_hold_beyond_the_stock_is_insufficient_stock(
     refused = await reserve(gql, token, product, 3)
     assert refused == {
         "__typename": "InsufficientStock",
-        "message": f"product {product.id} has 2 unit(s) available, 3 requested",
+        "message": f"product {pid(product)} has 2 unit(s) available, 3 requested",
         "productId": pid(product),
         "requested": 3,
         "available": 2,

@@ -31,6 +31,11 @@ from gql.engine.walk import Fragments, fragment_definitions, walk
 from gql.errors import QUERY_TOO_COMPLEX
 
 PAGE_ARGUMENT = "first"
+# A page is `first` or `last` rows (a field refuses both at once): either counts.
+PAGE_SIZE_ARGUMENTS = ("first", "last")
+# A connection's count walks the whole list: it costs what a page of the default size does,
+# once per connection (not multiplied by the page size, as the connection's other fields are).
+COUNT_FIELD = "totalCount"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,9 @@ class Measure:
     depth: int = 0
     aliases: int = 0
     cost: int = 0
+    per_list: int = 0
+    """Cost paid once per list rather than per item: a connection's `totalCount` (one count
+    of the whole list), added by the list field above it without its page-size multiplier."""
 
 
 class _Measurer:
@@ -75,12 +83,14 @@ class _Measurer:
 
     def operation(self, operation: OperationDefinitionNode) -> Measure:
         root = self.schema.get_root_type(operation.operation)
-        return self.selection_set(operation.selection_set, root)
+        measure = self.selection_set(operation.selection_set, root)
+        # Whatever was not charged to a list above it is charged once, here.
+        return Measure(measure.depth, measure.aliases, measure.cost + measure.per_list)
 
     def selection_set(
         self, selection_set: SelectionSetNode, parent: GraphQLNamedType | None
     ) -> Measure:
-        depth = aliases = cost = 0
+        depth = aliases = cost = per_list = 0
         # Inline fragments expanded by the walker, named ones measured once each (memo).
         for reached in walk(selection_set, self.fragments, spreads=False):
             node = reached.node
@@ -95,13 +105,16 @@ class _Measurer:
             depth = max(depth, part.depth)
             aliases += part.aliases
             cost += part.cost
-        return Measure(depth, aliases, cost)
+            per_list += part.per_list
+        return Measure(depth, aliases, cost, per_list)
 
     def field(self, node: FieldNode, parent: GraphQLNamedType | None) -> Measure:
         name = node.name.value
         aliases = 1 if node.alias is not None else 0
         if name == "__typename":
             return Measure(1, aliases, 0)
+        if name == COUNT_FIELD:
+            return Measure(1, aliases, 1, per_list=self.limits.default_page_size)
         field_def = None
         if isinstance(parent, (GraphQLObjectType, GraphQLInterfaceType)):
             field_def = parent.fields.get(name)
@@ -111,19 +124,22 @@ class _Measurer:
             if node.selection_set is not None
             else Measure()
         )
-        multiplier = 1
         if field_def is not None and PAGE_ARGUMENT in field_def.args:
-            multiplier = self.page_size(node)
-        return Measure(1 + child.depth, aliases + child.aliases, 1 + multiplier * child.cost)
+            cost = 1 + self.page_size(node) * child.cost + child.per_list
+            return Measure(1 + child.depth, aliases + child.aliases, cost)
+        return Measure(1 + child.depth, aliases + child.aliases, 1 + child.cost, child.per_list)
 
     def page_size(self, node: FieldNode) -> int:
+        sizes = []
         for argument in node.arguments or ():
-            if argument.name.value == PAGE_ARGUMENT:
+            if argument.name.value in PAGE_SIZE_ARGUMENTS:
                 if isinstance(argument.value, IntValueNode):
-                    return max(0, int(argument.value.value))
-                # A variable: validation is cached per document, so count the worst case.
-                return self.limits.max_page_size
-        return self.limits.default_page_size
+                    sizes.append(max(0, int(argument.value.value)))
+                else:
+                    # A variable (or null): validation is cached per document, so count the
+                    # worst case.
+                    sizes.append(self.limits.max_page_size)
+        return max(sizes) if sizes else self.limits.default_page_size
 
     def fragment(self, name: str) -> Measure:
         known = self._memo.get(name)
@@ -320,6 +336,9 @@ def _selections_cost(
         if isinstance(selection, SelectedField):
             if selection.name == "__typename":
                 continue
+            if selection.name == COUNT_FIELD:
+                cost += 1 + limits.default_page_size
+                continue
             field_def = None
             if isinstance(parent, (GraphQLObjectType, GraphQLInterfaceType)):
                 field_def = parent.fields.get(selection.name)
@@ -327,7 +346,12 @@ def _selections_cost(
             child = _selections_cost(schema, selection.selections, child_type, None, limits)
             multiplier = 1
             if field_def is not None and PAGE_ARGUMENT in field_def.args:
-                multiplier = _page_size(selection.arguments.get(PAGE_ARGUMENT), limits)
+                arguments = selection.arguments
+                sizes = [arguments[name] for name in PAGE_SIZE_ARGUMENTS if name in arguments]
+                multiplier = max(
+                    (_page_size(size, limits) for size in sizes),
+                    default=limits.default_page_size,
+                )
             cost += 1 + multiplier * child
         elif isinstance(selection, (InlineFragment, FragmentSpread)):
             condition = selection.type_condition

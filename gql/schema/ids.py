@@ -1,17 +1,15 @@
-"""Relay global object IDs: opaque base64 of "Type:row-id"."""
+"""Relay global object IDs: opaque base64 of "Type:row-id" (encoded by services.global_ids,
+which domain messages and notifications use too)."""
 
 import base64
 import binascii
-from functools import lru_cache
 
 from services.errors import InvalidInput
+from services.global_ids import to_global_id
+
+__all__ = ["from_global_id", "row_id_of", "to_global_id"]
 
 MAX_GLOBAL_ID_LENGTH = 100
-
-
-@lru_cache(maxsize=65536)
-def to_global_id(type_name: str, row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{type_name}:{row_id}".encode()).decode().rstrip("=")
 
 
 def from_global_id(global_id: str) -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """The Query root: arguments in, services called, types out."""
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -36,16 +37,42 @@ from gql.schema.types.reservations import Reservation, ReservationStatus
 from gql.schema.types.users import User
 from services import catalog, orders, reservations
 from services.errors import InvalidInput
-from services.pagination import Page, RowT, check_page_size
+from services.pagination import Page, RowT, Window, page_window
 
-ProductOrder = strawberry.enum(catalog.ProductSort, name="ProductOrder")
+ProductOrder = strawberry.enum(
+    catalog.ProductSort,
+    name="ProductOrder",
+    description="PRICE_ASC and PRICE_DESC order by currency first (alphabetically, reversed "
+    "for PRICE_DESC), then by amount within each currency: amounts in different currencies "
+    "are never compared. Filter on `currency` for one currency's prices in order.",
+)
 
 
-@strawberry.input(description="All given conditions must hold.")
+PRODUCTS_DESCRIPTION = (
+    "The catalogue, filtered and ordered, in keyset pages: `first`/`after` forward, "
+    "`last`/`before` backward (the same cursors)."
+)
+ORDERS_DESCRIPTION = "The viewer's orders, newest first (`last`/`before` page back)."
+RESERVATIONS_DESCRIPTION = (
+    "The viewer's reservations (holds), newest first (`last`/`before` page back)."
+)
+
+
+@strawberry.input(
+    description="All given conditions must hold. Amounts are compared only within one "
+    "currency: `minPrice` and `maxPrice` need `currency`."
+)
 class ProductFilter:
     kinds: list[ProductKind] | None = None  # type: ignore[valid-type]
-    min_price: Decimal | None = None
-    max_price: Decimal | None = None
+    currency: str | None = strawberry.field(
+        default=None, description="Only products priced in this ISO 4217 currency (e.g. EUR)."
+    )
+    min_price: Decimal | None = strawberry.field(
+        default=None, description="Lowest price, in `currency` (required with it)."
+    )
+    max_price: Decimal | None = strawberry.field(
+        default=None, description="Highest price, in `currency` (required with it)."
+    )
     name_contains: str | None = strawberry.field(
         default=None, description="Case-insensitive substring of the name."
     )
@@ -53,17 +80,37 @@ class ProductFilter:
     def to_service(self) -> catalog.ProductFilter:
         return catalog.ProductFilter(
             kinds=tuple(ProductKindModel(kind) for kind in self.kinds or ()),
+            currency=self.currency,
             min_price=self.min_price,
             max_price=self.max_price,
             name_contains=self.name_contains,
         )
 
 
-def _page_size(context: Context, first: int | None) -> int:
+def _window(context: Context, first: int | None, last: int | None) -> Window[None]:
+    """The size and direction of a page (its keys come from the cursors)."""
     settings = context.settings
-    return check_page_size(
-        first, default=settings.default_page_size, maximum=settings.max_page_size
+    return page_window(
+        first=first,
+        last=last,
+        default=settings.default_page_size,
+        maximum=settings.max_page_size,
     )
+
+
+def _counted(tree: FieldTree) -> bool:
+    """Whether the connection's `totalCount` is selected: only then is it counted."""
+    return "totalCount" in tree
+
+
+def _position(
+    cursor: str | None, ordering: str, sort: catalog.ProductSort
+) -> catalog.Position | None:
+    """The position in the catalogue a cursor of `ordering` names (None for no cursor)."""
+    if cursor is None:
+        return None
+    key = decode_cursor(cursor, ordering, catalog.key_types(sort))
+    return catalog.parse_sort_key(sort, key)
 
 
 class _HasRowId(Protocol):
@@ -74,36 +121,51 @@ class _HasRowId(Protocol):
 OwnNodeT = TypeVar("OwnNodeT", bound=_HasRowId)
 
 
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """A connection's paging arguments, as the client sent them."""
+
+    first: int | None
+    after: str | None
+    last: int | None
+    before: str | None
+
+
 async def _own_page(
     context: Context,
     list_own: Callable[..., Awaitable[Page[RowT]]],
     ordering: str,
-    first: int | None,
-    after: str | None,
+    paging: Paging,
     *,
     orm: bool = False,
     **arguments: Any,
 ) -> Page[RowT]:
     """A page of the viewer's own rows (orders, reservations), newest first: keyset by id,
-    after the cursor of `ordering`. `list_own` reads compiled SQL (`Context.read`), or through
-    the ORM session (`orm`, `Context.query`)."""
+    between the cursors of `ordering`. `list_own` reads compiled SQL (`Context.read`), or
+    through the ORM session (`orm`, `Context.query`)."""
     actor = context.require_viewer()
-    limit = _page_size(context, first)
-    after_id = decode_id_cursor(after, ordering)
+    window = _window(context, paging.first, paging.last).keyed(
+        decode_id_cursor(paging.after, ordering), decode_id_cursor(paging.before, ordering)
+    )
     run = context.query if orm else context.read
-    return await run(list_own, actor, after_id=after_id, limit=limit, **arguments)
+    return await run(list_own, actor, window=window, **arguments)
 
 
 def _own_connection(
-    nodes: list[OwnNodeT], ordering: str, page: Page[Any], after: str | None, edges: FieldTree
+    nodes: list[OwnNodeT],
+    ordering: str,
+    page: Page[Any],
+    edges: FieldTree,
+    total_count: int | None,
 ) -> Connection[OwnNodeT]:
     """The connection of an `_own_page`: each cursor is the node's id."""
     return connection_of(
         nodes,
         lambda i: encode_cursor(ordering, nodes[i].row_id),
         has_next=page.has_next,
-        has_previous=after is not None,
+        has_previous=page.has_previous,
         wanted=edges,
+        total_count=total_count,
     )
 
 
@@ -159,39 +221,46 @@ class Query:
     async def product(self, info: Info, id: strawberry.ID) -> Product | None:
         return await _product(info.context, row_id_of(id, "Product"))
 
-    @strawberry.field(description="The catalogue, filtered and ordered, in keyset pages.")  # type: ignore[untyped-decorator]
+    @strawberry.field(description=PRODUCTS_DESCRIPTION)  # type: ignore[untyped-decorator]
     async def products(
         self,
         info: Info,
+        *,
         first: int | None = None,
         after: str | None = None,
         filter: ProductFilter | None = None,
         order_by: ProductOrder = catalog.ProductSort.NEWEST,  # type: ignore[valid-type]
+        last: int | None = None,
+        before: str | None = None,
     ) -> Connection[Product]:
+        context = info.context
         sort = catalog.ProductSort(order_by)
-        limit = _page_size(info.context, first)
-        position = None
-        if after is not None:
-            text, row_id = decode_cursor(after, f"products:{sort.value}", (str, int))
-            position = (catalog.parse_sort_value(sort, str(text)), int(str(row_id)))
-        edges = subtree(selection_tree(info), "edges")
+        ordering = f"products:{sort.value}"
+        window = _window(context, first, last).keyed(
+            _position(after, ordering, sort), _position(before, ordering, sort)
+        )
+        tree = selection_tree(info)
+        edges = subtree(tree, "edges")
         wanted = subtree(edges, "node")
-        page = await info.context.read(
+        product_filter = (filter or ProductFilter()).to_service()
+        page = await context.read(
             catalog.search_products,
-            product_filter=(filter or ProductFilter()).to_service(),
+            product_filter=product_filter,
             sort=sort,
-            after=position,
-            limit=limit,
+            window=window,
             columns=columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS),
         )
+        total = None
+        if _counted(tree):
+            total = await context.read(catalog.count_products, product_filter=product_filter)
         rows = page.rows
-        ordering = f"products:{sort.value}"
         return connection_of(
             [Product.from_row(row) for row in rows],
             lambda i: encode_cursor(ordering, *catalog.sort_key(rows[i], sort)),
             has_next=page.has_next,
-            has_previous=after is not None,
+            has_previous=page.has_previous,
             wanted=edges,
+            total_count=total,
         )
 
     @strawberry.field(description="One order: only its owner (or an admin) can see it.")  # type: ignore[untyped-decorator]
@@ -199,46 +268,61 @@ class Query:
         info.context.require_viewer()
         return await _order(info.context, row_id_of(id, "Order"), selection_tree(info))
 
-    @strawberry.field(description="The viewer's orders, newest first.")  # type: ignore[untyped-decorator]
+    @strawberry.field(description=ORDERS_DESCRIPTION)  # type: ignore[untyped-decorator]
     async def orders(
         self,
         info: Info,
+        *,
         first: int | None = None,
         after: str | None = None,
         status: OrderStatus | None = None,  # type: ignore[valid-type]
+        last: int | None = None,
+        before: str | None = None,
     ) -> Connection[Order]:
-        edges = subtree(selection_tree(info), "edges")
+        context = info.context
+        tree = selection_tree(info)
+        edges = subtree(tree, "edges")
         wanted = subtree(edges, "node")
         page = await _own_page(
-            info.context,
+            context,
             orders.list_orders,
             "orders",
-            first,
-            after,
+            Paging(first, after, last, before),
             columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(info.context, nodes, wanted, alone=True)
-        return _own_connection(nodes, "orders", page, after, edges)
+        await prefetch_orders(context, nodes, wanted, alone=True)
+        total = None
+        if _counted(tree):
+            total = await context.read(orders.count_orders, context.require_viewer(), status=status)
+        return _own_connection(nodes, "orders", page, edges, total)
 
-    @strawberry.field(description="The viewer's reservations (holds), newest first.")  # type: ignore[untyped-decorator]
+    @strawberry.field(description=RESERVATIONS_DESCRIPTION)  # type: ignore[untyped-decorator]
     async def reservations(
         self,
         info: Info,
+        *,
         first: int | None = None,
         after: str | None = None,
         status: ReservationStatus | None = None,  # type: ignore[valid-type]
+        last: int | None = None,
+        before: str | None = None,
     ) -> Connection[Reservation]:
+        context = info.context
         page = await _own_page(
-            info.context,
+            context,
             reservations.list_reservations,
             "reservations",
-            first,
-            after,
+            Paging(first, after, last, before),
             orm=True,
             status=status,
         )
         nodes = [Reservation.from_row(row) for row in page.rows]
-        edges = subtree(selection_tree(info), "edges")
-        return _own_connection(nodes, "reservations", page, after, edges)
+        tree = selection_tree(info)
+        total = None
+        if _counted(tree):
+            total = await context.query(
+                reservations.count_reservations, context.require_viewer(), status=status
+            )
+        return _own_connection(nodes, "reservations", page, subtree(tree, "edges"), total)

@@ -78,6 +78,10 @@ class Edge(Generic[NodeT]):
 class Connection(Generic[NodeT]):
     edges: list[Edge[NodeT]]
     page_info: PageInfo
+    total_count: int = strawberry.field(
+        description="How many nodes the whole list has, all pages together (with the same "
+        "filters). Counted only when selected: it costs a count of the list."
+    )
 
 
 def connection_of(
@@ -87,9 +91,12 @@ def connection_of(
     has_next: bool,
     has_previous: bool,
     wanted: Container[str] = ALL_FIELDS,
+    total_count: int | None = None,
 ) -> Connection[NodeT]:
     """A page of `nodes`; `cursor_of(i)` encodes the cursor of the i-th. `wanted`: the fields
-    selected on the edges; without `cursor` among them only the page's ends get one."""
+    selected on the edges; without `cursor` among them only the page's ends get one.
+    `total_count` is given when `totalCount` is selected: the attribute is left unset
+    otherwise, since nothing reads a field that was not selected."""
     every_cursor = "cursor" in wanted
     edges = [
         instance(Edge, {"node": node, "cursor": cursor_of(i) if every_cursor else None})
@@ -99,12 +106,15 @@ def connection_of(
     if edges:
         start_cursor = edges[0].cursor if every_cursor else cursor_of(0)
         end_cursor = edges[-1].cursor if every_cursor else cursor_of(len(edges) - 1)
-    return Connection(
-        edges=edges,
-        page_info=PageInfo(
+    fields: dict[str, Any] = {
+        "edges": edges,
+        "page_info": PageInfo(
             has_next_page=has_next,
             has_previous_page=has_previous,
             start_cursor=start_cursor,
             end_cursor=end_cursor,
         ),
-    )
+    }
+    if total_count is not None:
+        fields["total_count"] = total_count
+    return instance(Connection, fields)
