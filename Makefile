@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format seed clean schema assets gateway-packages browser bench fuzz
+.PHONY: install run test lint format seed migrate clean schema assets gateway-packages browser pgbouncer haproxy redis-server stack bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -43,6 +43,11 @@ format: install
 seed: install
 	$(BIN)/python -m db.seed $(ARGS)
 
+# The deploy step before rolling out a new version: DATABASE_URL's database to the code's head
+# revision (idempotent; concurrent runs wait on an advisory lock). `ARGS=--check` only checks.
+migrate: install
+	$(BIN)/python -m db.migrate $(ARGS)
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
@@ -70,8 +75,33 @@ browser:
 	    -o DPkg::Lock::Timeout=300 chromium; \
 	else echo "chromium missing and not root: the GraphiQL browser test will be skipped"; fi
 
+# Debian's packages, installed once when missing and running as root (like Chromium):
+# PgBouncer and HAProxy for `make stack` and its tests (tests/test_pgbouncer.py,
+# tests/test_stack.py), redis-server for a stack without REDIS_URL.
+define debian_package
+	@if command -v $(2) >/dev/null 2>&1 || [ -x /usr/sbin/$(2) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 $(1) \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    -o DPkg::Lock::Timeout=300 $(1); } \
+	  || echo "$(1) could not be installed: $(3)"; \
+	else echo "$(1) missing and not root: $(3)"; fi
+endef
+pgbouncer:
+	$(call debian_package,pgbouncer,pgbouncer,the PgBouncer test will be skipped)
+haproxy:
+	$(call debian_package,haproxy,haproxy,make stack needs it)
+redis-server:
+	$(call debian_package,redis-server,redis-server,make stack needs it or REDIS_URL)
+
+# The production topology on this machine: PostgreSQL (embedded, or DATABASE_URL), PgBouncer,
+# Redis (REDIS_URL, or its own), STACK_INSTANCES gunicorn instances (default 2), the outbox
+# worker, HAProxy in front on STACK_PORT (default 8080). Ctrl-C or SIGTERM stops it all.
+stack: install assets pgbouncer haproxy redis-server
+	$(BIN)/python -m stack $(ARGS)
+
 run: assets
-test: assets gateway-packages browser
+test: assets gateway-packages browser pgbouncer haproxy
 
 .PHONY: worker
 worker: install  # deliver the notification outbox and sweep expired holds (run any number)

@@ -32,7 +32,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout: float = Field(default=10.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
+    # Prepared statements kept per connection, in both caches: SQLAlchemy's adapter's (ORM and
+    # Core statements) and asyncpg's own (db.compiled's reads run on asyncpg directly).
     db_statement_cache_size: int = Field(default=500, ge=0)
+    # Behind PgBouncer in transaction mode (or any pooler that hands a client's statements to
+    # whichever server connection is free): no statement cached or named on the server, so
+    # DB_STATEMENT_CACHE_SIZE is taken as 0 (db/engine.py, `driver_connect_args`).
+    db_pgbouncer: bool = False
     # Check each connection on checkout, replacing those the server dropped: free for one
     # the server closed, a ping (one round trip) for one idle at least DB_POOL_PING_AFTER.
     db_pool_pre_ping: bool = True
@@ -116,11 +122,31 @@ class Settings(BaseSettings):
     apq_cache_size: int = Field(default=1000, ge=1)
     # Allow-list mode: with a manifest (JSON of sha256 → query), only its queries may run.
     persisted_queries_manifest: Path | None = None
+    # `max-age` of an anonymous GET result that reads only public data (the catalogue); 0:
+    # every GET result is `private, no-store`.
+    http_cache_max_age: int = Field(default=60, ge=0)
     readiness_timeout: float = Field(default=2.0, gt=0)
     # Set (to an empty, writable folder) when several worker processes serve: prometheus-client
     # then keeps its values there and /metrics adds up every worker's.
     prometheus_multiproc_dir: Path | None = None
     metrics_max_operation_names: int = Field(default=200, ge=0)
+
+    # Subscriptions (graphql-transport-ws on /graphql; docs/decisions.md). Events come from
+    # PostgreSQL's LISTEN on one connection per process, which a transaction-mode pooler
+    # (PgBouncer) cannot carry: EVENTS_DATABASE_URL names the server directly (default:
+    # the database's URL).
+    events_database_url: str | None = None
+    subscriptions_per_connection: int = Field(default=20, ge=1)
+    subscriptions_per_process: int = Field(default=10_000, ge=1)
+    # Events waiting for one subscription; a subscription that falls further behind is ended
+    # (SLOW_CONSUMER) rather than buffered without bound.
+    subscription_queue_size: int = Field(default=64, ge=1)
+    # Messages a WebSocket connection may send per second (bursts of twice that, plus room to
+    # open every subscription at once), beyond which it is closed (4429); each `subscribe`
+    # also counts against the caller's rate limit.
+    websocket_messages_per_second: float = Field(default=10.0, gt=0)
+    websocket_ping_seconds: float = Field(default=15.0, gt=0)
+    websocket_init_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Writes (mutations). Limits of one order and one hold; attempts of a transaction that hit
     # a deadlock or serialization failure before the client is told anything went wrong.

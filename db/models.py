@@ -144,7 +144,8 @@ class Product(TimestampMixin, Base):
         CheckConstraint("price >= 0", name="price_non_negative"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso4217"),
         # Keyset pagination orders: (key, id) so every page boundary is unique.
-        Index("ix_products_price_id", "price", "id"),
+        # Prices compare only within a currency (migration 0004).
+        Index("ix_products_currency_price_id", "currency", "price", "id"),
         Index("ix_products_name_id", "name", "id"),
         Index("ix_products_created_at_id", "created_at", "id"),
         Index("ix_products_kind_id", "kind", "id"),
@@ -258,6 +259,11 @@ class Notification(Base):
     kind: Mapped[str] = mapped_column(String(64), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The writer's W3C trace context (traceparent, tracestate) when it was traced (migration
+    # 0006): the delivery continues that trace (core/tracing.py).
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(
+        JSONB(none_as_null=True), nullable=True
+    )
     status: Mapped[NotificationStatus] = mapped_column(
         _enum_column(NotificationStatus, "notification_status"),
         server_default=NotificationStatus.PENDING.value,

@@ -13,8 +13,10 @@ from starlette.types import ASGIApp
 from core.logging import configure_logging
 from core.redis import RedisCircuit, create_redis
 from core.settings import Settings, get_settings
+from core.tracing import start_tracing, stop_tracing, tracing_enabled, tracing_requested
 from db.embedded import resolve_database_url
 from db.engine import create_db_engine, create_session_factory
+from db.migrate import require_head
 from gql.engine.documents import DocumentCache
 from gql.engine.executor import Executor
 from gql.engine.internals import graphql_schema_of
@@ -31,6 +33,9 @@ from gql.transport.middleware import (
     ErrorShieldMiddleware,
 )
 from gql.transport.ratelimit import RateLimiter
+from gql.transport.tracing import traced
+from gql.transport.websocket import GraphQLWebSocket
+from services.events import EventHub, listen_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,29 @@ class EdgeApp(FastAPI):
         return self.edge(super().build_middleware_stack())
 
 
-def create_app(
+@asynccontextmanager
+async def change_feed(app: FastAPI, settings: Settings, url: str) -> AsyncIterator[None]:
+    """The committed changes that subscriptions push (services/events.py): one LISTEN
+    connection for the whole process, on the server itself (LISTEN does not pass a
+    transaction-mode pooler: EVENTS_DATABASE_URL)."""
+    if settings.db_pgbouncer and not settings.events_database_url:
+        logger.warning("DB_PGBOUNCER without EVENTS_DATABASE_URL: LISTEN through the pooler")
+    events = EventHub(
+        listen_dsn(settings.events_database_url or url),
+        queue_size=settings.subscription_queue_size,
+        max_subscriptions=settings.subscriptions_per_process,
+    )
+    app.state.events = events
+    stop = asyncio.Event()
+    listener = asyncio.create_task(events.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await listener
+
+
+def create_app(  # noqa: PLR0915 - the composition root: the wiring reads best in one place
     settings: Settings | None = None,
     *,
     database_url: str | None = None,
@@ -63,6 +90,7 @@ def create_app(
         raise RuntimeError("ENVIRONMENT=production refuses to start: " + "; ".join(problems))
     redis = create_redis(settings)
     circuit = RedisCircuit(settings.redis_retry_interval)
+    traces = tracing_requested() or tracing_enabled()  # OTEL_* variables (core/tracing.py)
     manifest = (
         load_manifest(settings.persisted_queries_manifest)
         if settings.persisted_queries_manifest
@@ -73,10 +101,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level, json=settings.log_json, force=False)
+        # In the serving process: under gunicorn, each worker after the fork.
+        own_tracing = traces and not tracing_enabled() and start_tracing("booking-gateway")
         if redis is None and settings.rate_limit_enabled and settings.is_production:
             logger.warning("no REDIS_URL: rate limits and persisted queries are per process")
         url = database_url or resolve_database_url(settings.database_url, settings.data_dir)
         engine = create_db_engine(url, settings)
+        # A database behind the code's migrations is refused, saying what to run (db/migrate.py).
+        await require_head(engine, wait=settings.db_pool_timeout)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         authenticator: Authenticator = app.state.authenticator
@@ -86,7 +118,8 @@ def create_app(
             authenticator.usage.run(app.state.session_factory, stop=stop_usage)
         )
         try:
-            yield
+            async with change_feed(app, settings, url):
+                yield
         finally:
             stop_usage.set()
             await usage  # its last flush included
@@ -94,6 +127,8 @@ def create_app(
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()
+            if own_tracing:
+                stop_tracing()
 
     app = EdgeApp(
         title="Booking GraphQL gateway",
@@ -135,7 +170,9 @@ def create_app(
         anything else runs; CORS sits outside the shield, so a browser can read even a
         shielded 500; the GraphQL endpoint is innermost and answers /graphql itself, other
         paths go on to FastAPI's routes (and FastAPI's own middleware)."""
-        layered: ASGIApp = endpoint(routes)
+        # WebSocket connections to /graphql (subscriptions) share the endpoint's documents,
+        # executor, limits and authentication.
+        layered: ASGIApp = GraphQLWebSocket.beside(endpoint(routes))
         layered = BodyLimitMiddleware(layered, max_bytes=settings.max_request_bytes)
         layered = ErrorShieldMiddleware(layered)
         if settings.cors_origins:
@@ -147,7 +184,7 @@ def create_app(
                 expose_headers=["X-Correlation-ID", "Retry-After"],  # readable on a 429
                 max_age=600,
             )
-        return CorrelationIdMiddleware(layered)
+        return CorrelationIdMiddleware(traced(layered) if traces else layered)
 
     app.edge = edge
     return app

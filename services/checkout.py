@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
+from core.tracing import trace_context
 from db.arrays import equals_any
 from db.models import (
     Notification,
@@ -250,7 +251,7 @@ _new_items = (
 _new_notification = (
     insert(Notification.metadata.tables[Notification.__tablename__])
     .from_select(
-        ["kind", "payload", "correlation_id"],
+        ["kind", "payload", "correlation_id", "trace_context"],
         select(
             # Named, bound per call: SQLAlchemy does not carry the values of anonymous
             # literals inside a CTE of a cached statement. (No parameter is named as a column
@@ -260,6 +261,7 @@ _new_notification = (
                 func.jsonb_build_object(literal_column("'orderId'"), _new_order.c.id)
             ),
             bindparam("note_correlation_id", type_=String()),
+            bindparam("note_trace_context", type_=JSONB(none_as_null=True)),
         ),
     )
     .cte("new_notification")
@@ -305,6 +307,7 @@ async def _place_from_stock(
             lines=list(zip(pids, quantities, prices, strict=True)),
         ),
         "note_correlation_id": current_correlation_id(),
+        "note_trace_context": trace_context(),  # the delivery continues the request's trace
     }
     try:
         rows = [_columns(row) for row in await session.execute(_PLACE_FROM_STOCK, values)]

@@ -25,8 +25,10 @@ from sqlalchemy import ColumnElement, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.correlation import correlation_id_var, current_correlation_id
+from core.tracing import continued_span, inject_trace_context, trace_context
 from db.models import Notification, NotificationStatus
 from db.transactions import run_in_transaction
+from services.global_ids import to_global_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,14 @@ _INSERT_NOTIFICATION = insert(Notification.metadata.tables[Notification.__tablen
 
 async def enqueue(session: AsyncSession, *, kind: str, payload: dict[str, Any]) -> None:
     """Record a notification in the caller's transaction, with the current correlation ID so
-    the delivery's log lines join the request that caused it."""
-    values = {"kind": kind, "payload": payload, "correlation_id": current_correlation_id()}
+    the delivery's log lines join the request that caused it (and its trace context, so the
+    delivery joins its trace)."""
+    values = {
+        "kind": kind,
+        "payload": payload,
+        "correlation_id": current_correlation_id(),
+        "trace_context": trace_context(),
+    }
     await session.execute(_INSERT_NOTIFICATION, values)
 
 
@@ -49,6 +57,32 @@ class OutboxMessage:
     payload: dict[str, Any]
     correlation_id: str | None
     attempt: int
+    trace_context: dict[str, str] | None = None
+
+
+# The row ids a payload is stored with (the order's is written by the database, in the statement
+# that inserts the order), and the types whose global IDs consumers are sent instead.
+_ID_TYPES = {
+    "orderId": "Order",
+    "userId": "User",
+    "productId": "Product",
+    "reservationId": "Reservation",
+}
+
+
+def delivered_payload(payload: Any) -> Any:
+    """The payload as consumers see it: every id a global ID, as in the API's answers (so a
+    consumer can ask `node(id:)` for what a notification names)."""
+    if isinstance(payload, dict):
+        return {
+            key: to_global_id(_ID_TYPES[key], value)
+            if key in _ID_TYPES and isinstance(value, int)
+            else delivered_payload(value)
+            for key, value in payload.items()
+        }
+    if isinstance(payload, list):
+        return [delivered_payload(value) for value in payload]
+    return payload
 
 
 class Sender(Protocol):
@@ -66,7 +100,7 @@ class LoggingSender:
             message.id,
             message.kind,
             message.attempt,
-            message.payload,
+            delivered_payload(message.payload),
         )
 
 
@@ -81,12 +115,13 @@ class WebhookSender:
         headers = {"Idempotency-Key": f"notification-{message.id}"}
         if message.correlation_id:
             headers["X-Correlation-ID"] = message.correlation_id
+        inject_trace_context(headers)  # the delivery's span: the receiver continues the trace
         response = await self.client.post(
             self.url,
             json={
                 "id": message.id,
                 "kind": message.kind,
-                "payload": message.payload,
+                "payload": delivered_payload(message.payload),
                 "correlationId": message.correlation_id,
             },
             headers=headers,
@@ -171,6 +206,7 @@ async def claim_due(
             Notification.payload,
             Notification.correlation_id,
             Notification.attempts,
+            Notification.trace_context,
             due.c.next_attempt_at.label("was_due_at"),
         )
         .execution_options(synchronize_session=False)
@@ -183,6 +219,7 @@ async def claim_due(
             payload=row.payload,
             correlation_id=row.correlation_id,
             attempt=row.attempts,
+            trace_context=row.trace_context,
         )
         for row in rows
     ]
@@ -323,7 +360,10 @@ async def _deliver_one(
     try:
         failure: Exception | None = None
         try:
-            await sender.send(message)
+            with continued_span(
+                f"deliver {message.kind}", message.trace_context, _attributes(message)
+            ):
+                await sender.send(message)
         except Exception as error:  # every failure of a sender is a failed attempt, recorded
             failure = error
         await run_in_transaction(
@@ -337,6 +377,16 @@ async def _deliver_one(
         )
     finally:
         correlation_id_var.reset(token)
+
+
+def _attributes(message: OutboxMessage) -> dict[str, Any]:
+    """What the delivery's span says of the notification (core.tracing.continued_span)."""
+    return {
+        "outbox.notification.id": message.id,
+        "outbox.notification.kind": message.kind,
+        "outbox.attempt": message.attempt,
+        "correlation_id": message.correlation_id or "",
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,14 @@ from core.correlation import correlation_id_var, current_correlation_id
 from core.settings import Settings
 from db.models import Notification, NotificationStatus
 from db.transactions import run_in_transaction
+from gql.schema.ids import to_global_id
 from services import checkout
 from services.auth import Actor
 from services.outbox import OutboxMessage, WebhookSender
 from services.worker import deliver_once
+from tests.conftest import GraphQL
 from tests.factories import Factory
+from tests.test_checkout import CREATE_ORDER, order_input, pid
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -344,3 +347,26 @@ async def test_the_worker_refuses_production_without_a_webhook() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode != 0
     assert b"WEBHOOK_URL" in stderr
+
+
+async def test_webhook_payloads_name_everything_by_the_global_ids_of_the_api(
+    session_factory: async_sessionmaker[AsyncSession], factory: Factory, gql: GraphQL
+) -> None:
+    """A consumer can take any id of a notification to `node(id:)`: the ids are the API's."""
+    user, token = await factory.user()
+    product = await factory.product(stock=5)
+    placed = await gql(CREATE_ORDER, order_input("webhook-ids", (product, 2)), token=token)
+    order_id = placed["data"]["createOrder"]["order"]["id"]
+    async with Webhook().serve() as webhook, httpx.AsyncClient(timeout=10) as client:
+        webhook.hang = False
+        await deliver_once(session_factory, WebhookSender(client, webhook.url), Settings())
+    ((_, body),) = webhook.requests
+    assert body["kind"] == "order.created"
+    assert body["payload"]["orderId"] == order_id
+    assert body["payload"]["userId"] == to_global_id("User", user.id)
+    assert body["payload"]["items"] == [
+        {"productId": pid(product), "quantity": 2, "unitPrice": str(product.price)}
+    ]
+    # What the consumer got names the order the API knows.
+    found = await gql("query($id: ID!) { node(id: $id) { id } }", {"id": order_id}, token=token)
+    assert found["data"]["node"] == {"id": order_id}

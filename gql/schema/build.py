@@ -1,8 +1,12 @@
 """The Strawberry schema: an Apollo Federation v2 subgraph."""
 
-from typing import Any
+import dataclasses
+import datetime
+import decimal
+from typing import Any, Final
 
 from graphql import GraphQLError
+from strawberry.schema.types.base_scalars import DateTimeDefinition, DecimalDefinition
 from strawberry.types import ExecutionContext
 
 from gql.engine.plans import CompiledExecutionContext
@@ -10,10 +14,31 @@ from gql.errors import log_unexpected
 from gql.schema.federation import SubgraphSchema
 from gql.schema.mutations import Mutation
 from gql.schema.queries import Query
+from gql.schema.subscriptions import Subscription
 from gql.schema.types.orders import Order
 from gql.schema.types.products import Product
 from gql.schema.types.reservations import Reservation
 from gql.schema.types.users import User
+
+# The lowest federation version whose directives the schema uses: it imports only `@key`
+# (v2.0). A newer link buys nothing and keeps out composers that do not know it yet (The
+# Guild's, used by Hive Gateway, refuses v2.11).
+FEDERATION_VERSION: Final = "2.0"
+
+# Strawberry's own scalars, with a `@specifiedBy` so that codegen and gateways know what they
+# carry (serialization unchanged: the compiled plans call the same functions).
+SCALARS: dict[object, Any] = {
+    decimal.Decimal: dataclasses.replace(
+        DecimalDefinition,
+        description='A decimal number as a string, exact (never a float): e.g. "123.45".',
+        specified_by_url="https://speleotrove.com/decimal/daconvs.html#reftostr",
+    ),
+    datetime.datetime: dataclasses.replace(
+        DateTimeDefinition,
+        description="A date and time with its UTC offset, as an RFC 3339 string.",
+        specified_by_url="https://datatracker.ietf.org/doc/html/rfc3339#section-5.6",
+    ),
+}
 
 
 class Schema(SubgraphSchema):
@@ -34,9 +59,11 @@ def build_schema(**overrides: Any) -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=[Product, Order, User, Reservation],
         # Pinned so that a Strawberry upgrade does not change the published SDL by itself.
-        federation_version="2.11",
+        federation_version=FEDERATION_VERSION,
+        scalar_overrides=SCALARS,
         **overrides,
     )
 

@@ -109,6 +109,19 @@ class Context:
                 if self._session is not None:
                     await self._session.close()
 
+    async def release(self) -> None:
+        """Give the connection back to the pool and forget what was loaded, the context staying
+        usable: between the events of a subscription, which may be hours apart."""
+        async with self._db_lock:
+            self._loaders.clear()
+            session, self._session = self._session, None
+            try:
+                if self.reads is not None:
+                    await self.reads.release()
+            finally:
+                if session is not None:
+                    await session.close()
+
     async def _enter(self) -> None:
         await self._db_lock.acquire()
         if self._closed:

@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from graphql import ExecutionResult, GraphQLError, OperationDefinitionNode, OperationType
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+)
 from starlette.background import BackgroundTasks
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
@@ -41,12 +47,16 @@ from gql.errors import (
     with_codes,
 )
 from gql.schema.context import Context
-from gql.transport.apq import PersistedQueries, is_sha256, sha256_of
+from gql.transport.apq import SHA256_PREFIX, PersistedQueries, is_sha256, sha256_of
 from gql.transport.authentication import authenticate
+from gql.transport.caching import PRIVATE, PUBLIC_VARY, CachePolicy, etag_of, is_fresh
 from gql.transport.graphiql import graphiql_html
 from gql.transport.metrics import ERRORS, observe_latency
+from gql.transport.multipart import MultipartStream, wants_multipart
 from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
 from gql.transport.refusals import Refused
+from gql.transport.subscriptions import results, subscription_context
+from gql.transport.tracing import name_operation, operation_event, operation_span
 
 T = TypeVar("T")
 
@@ -54,6 +64,10 @@ GRAPHQL_PATH = "/graphql"
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
 ALLOWED_METHODS = "GET, POST"
+SUBSCRIPTIONS_OVER_WEBSOCKET = (
+    "Subscriptions are served over WebSocket on this path (graphql-transport-ws), or over "
+    'HTTP with Accept: multipart/mixed;subscriptionSpec="1.0"'
+)
 
 
 def method_not_allowed(message: str) -> Refused:
@@ -69,6 +83,7 @@ class HttpRequest:
     content_type: str = ""
     accept: str | None = None
     authorization: str | None = None
+    if_none_match: str | None = None
     peer: str | None = None
     forwarded_for: list[str] = field(default_factory=list)
     _query_params: dict[str, str] | None = None
@@ -96,6 +111,8 @@ class HttpRequest:
                 request.accept = value.decode("latin-1")
             elif name == b"authorization":
                 request.authorization = value.decode("latin-1")
+            elif name == b"if-none-match":
+                request.if_none_match = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 request.forwarded_for.append(value.decode("latin-1"))
         return request
@@ -106,6 +123,7 @@ class GraphQLParams:
     """A GraphQL request's parameters, as GraphQL over HTTP names them."""
 
     query: str | None
+    document_id: str | None = None
     variables: dict[str, Any] | None = None
     operation_name: str | None = None
     extensions: dict[str, Any] | None = None
@@ -123,11 +141,12 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
     async def send(self, send: Send) -> None:
-        headers = [
-            (b"content-type", self.media_type.encode()),
-            (b"content-length", str(len(self.body)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in self.headers.items()),
-        ]
+        headers = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        if self.status != 304:  # Not Modified: no content, so no content headers
+            headers[:0] = [
+                (b"content-type", self.media_type.encode()),
+                (b"content-length", str(len(self.body)).encode()),
+            ]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
 
@@ -156,6 +175,7 @@ class GraphQLEndpoint:
         self.state = state  # the app's: its session factory exists once the lifespan started
         self.graphiql = graphiql
         self.limited_fields = frozenset(rate_limiter.limited_fields())
+        self.cache_policy = CachePolicy(settings.http_cache_max_age)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != GRAPHQL_PATH:
@@ -164,15 +184,18 @@ class GraphQLEndpoint:
         request = HttpRequest.from_scope(scope)
         background = BackgroundTasks()
         try:
-            answer = await self.handle(request, receive, background)
+            with operation_span():  # tracing (gql/transport/tracing.py); nothing when off
+                answer = await self.handle(request, receive, background)
         except Refused as refused:
             answer = refusal_answer(refused, request.accept)
+        if request.method == "GET" and "Cache-Control" not in answer.headers:
+            answer.headers["Cache-Control"] = PRIVATE
         await answer.send(send)
         await background()
 
     async def handle(
         self, request: HttpRequest, receive: Receive, background: BackgroundTasks
-    ) -> Answer:
+    ) -> Answer | MultipartStream:
         """The story of one request."""
         if request.method not in ("GET", "POST"):
             raise method_not_allowed(f"{request.method} is not served here: use GET or POST")
@@ -187,6 +210,7 @@ class GraphQLEndpoint:
 
         document = self.documents.parsed(params.query)
         operation = document.operation(params.operation_name) if document.ast else None
+        name_operation(operation)
         context = Context(
             sessions=self.state.session_factory,
             reads=PooledReads(self.state.engine),
@@ -211,13 +235,13 @@ class GraphQLEndpoint:
                 return self._request_errors(document.parse_errors, request)
             if operation is None:
                 raise Refused(400, BAD_REQUEST, _no_operation(params.operation_name))
-            if request.method == "GET" and operation.operation is not OperationType.QUERY:
-                raise method_not_allowed(
-                    f"{operation.operation.value}s are not allowed when using GET: use POST"
-                )
+            _check_method(request.method, operation)
             errors = self.documents.validate(document)
+            operation_event("graphql.validate")
             if errors:
                 return self._request_errors(errors, request)
+            if operation.operation is OperationType.SUBSCRIPTION:
+                return self._subscription(request, receive, params, document.ast, context)
             started = time.perf_counter()
             result = await self.executor.execute(
                 document.ast,
@@ -225,6 +249,7 @@ class GraphQLEndpoint:
                 variables=params.variables,
                 context=context,
             )
+            operation_event("graphql.execute")
             observe_latency(
                 params.operation_name, operation.operation.value, time.perf_counter() - started
             )
@@ -235,7 +260,31 @@ class GraphQLEndpoint:
             await self.persisted_queries.put(params.register_as, params.query)
         if result.errors:
             log_unexpected(result.errors)
-        return Answer(200, _media_type(request.accept), orjson.dumps(response_data(result)))
+        return self._result_answer(request, params, document.ast, operation, result)
+
+    def _subscription(
+        self,
+        request: HttpRequest,
+        receive: Receive,
+        params: GraphQLParams,
+        document: DocumentNode,
+        context: Context,
+    ) -> MultipartStream:
+        """A subscription over HTTP: Apollo's multipart protocol when the client asks for it
+        (gql/transport/multipart.py), else a pointer to the WebSocket on this path."""
+        if not wants_multipart(request.accept):
+            raise Refused(400, BAD_REQUEST, SUBSCRIPTIONS_OVER_WEBSOCKET)
+        own = subscription_context(
+            self.state, self.settings, viewer=context.viewer, authorization=request.authorization
+        )
+        stream = results(
+            self.executor,
+            document,
+            operation_name=params.operation_name,
+            variables=params.variables,
+            context=own,
+        )
+        return MultipartStream(stream, own, receive, data_of=response_data)
 
     async def _authenticate(self, context: Context, request: HttpRequest) -> Refused | None:
         """Set the viewer; a token refused outright is returned, to be raised once the request
@@ -246,12 +295,41 @@ class GraphQLEndpoint:
             return refused
         return None
 
+    def _result_answer(
+        self,
+        request: HttpRequest,
+        params: GraphQLParams,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        result: ExecutionResult,
+    ) -> Answer:
+        """The answer of an executed result; for GET, with its `Cache-Control` (public only
+        when anonymous, without errors, and of public fields only: gql.transport.caching), its
+        `ETag`, and 304 when the client has it already."""
+        answer = Answer(200, _media_type(request.accept), orjson.dumps(response_data(result)))
+        if request.method != "GET":
+            return answer
+        cache_control = PRIVATE
+        if request.authorization is None and not result.errors and params.query is not None:
+            cache_control = self.cache_policy.cache_control(
+                params.query, document, operation, params.variables
+            )
+        etag = etag_of(answer.body)
+        answer.headers["Cache-Control"] = cache_control
+        answer.headers["ETag"] = etag
+        if cache_control != PRIVATE:
+            answer.headers["Vary"] = PUBLIC_VARY
+        if is_fresh(request.if_none_match, etag):
+            answer.status = 304
+            answer.body = b""
+        return answer
+
     def _wants_graphiql(self, request: HttpRequest) -> bool:
         """A browser (text/html in Accept), also on a shared link with a query in its editor;
         API clients still get the result of a GET."""
         params = request.query_params()
-        if "extensions" in params and "query" not in params:
-            return False  # only a persisted query's hash: an API client
+        if ("extensions" in params or "documentId" in params) and "query" not in params:
+            return False  # only a persisted document's id: an API client
         accept = request.accept or ""
         return "text/html" in accept or ("query" not in params and "*/*" in accept)
 
@@ -275,14 +353,21 @@ class GraphQLEndpoint:
             )
         return GraphQLParams(
             query=_member(data, "query", str, "a string or null"),
+            document_id=_member(data, "documentId", str, "a string or null"),
             variables=_member(data, "variables", dict, "an object or null"),
             operation_name=_member(data, "operationName", str, "a string"),
             extensions=_member(data, "extensions", dict, "an object or null"),
         )
 
     async def _resolve_persisted(self, params: GraphQLParams) -> GraphQLParams:
-        """Apollo APQ: the hash alone runs a known query; hash and query register it (once the
-        request has passed the rate limits and validated)."""
+        """A persisted document's text. GraphQL over HTTP's `documentId` names one; Apollo APQ:
+        the hash alone runs a known query, hash and query register it (once the request has
+        passed the rate limits and validated)."""
+        if params.document_id is not None:
+            if params.query is not None:
+                raise Refused(400, BAD_REQUEST, "Send either `documentId` or `query`, not both")
+            params.query = await self._persisted_document(params.document_id)
+            return params
         if params.query is not None:
             self._check_query_size(params.query)
         store = self.persisted_queries
@@ -310,11 +395,38 @@ class GraphQLEndpoint:
         if sha256_of(params.query) != sha:
             raise Refused(400, BAD_REQUEST, "provided sha does not match query")
         if store.allow_list is not None:
-            if sha not in store.allow_list:
+            if sha not in store.allow_list.by_sha:
                 raise Refused(400, PERSISTED_QUERY_NOT_ALLOWED, "This query is not allowed here")
             return params
         params.register_as = sha
         return params
+
+    async def _persisted_document(self, document_id: str) -> str:
+        """The text a `documentId` names: any id of the manifest in allow-list mode, else
+        `sha256:<hex>` (or the bare hex) of a query registered through APQ."""
+        store = self.persisted_queries
+        if store.allow_list is not None:
+            query = store.allow_list.by_id.get(document_id)
+            if query is None:
+                # Nothing can register it: the answer is the allow-list's, not "send it".
+                raise Refused(
+                    400, PERSISTED_QUERY_NOT_ALLOWED, f"No document {document_id!r} is allowed here"
+                )
+            return query
+        sha = document_id.removeprefix(SHA256_PREFIX)
+        if not is_sha256(sha):
+            raise Refused(
+                400, BAD_REQUEST, "A documentId is `sha256:` and the document's SHA-256 in hex"
+            )
+        query = await store.get(sha)
+        if query is None:
+            raise Refused(
+                400,
+                PERSISTED_QUERY_NOT_FOUND,
+                f"No persisted document {document_id!r}",
+                request_error=True,
+            )
+        return query
 
     def _check_query_size(self, query: str) -> None:
         """Refuse a query text over MAX_QUERY_BYTES before anything parses or caches it: the
@@ -432,6 +544,14 @@ def _member(data: dict[str, Any], key: str, kind: type[T], expected: str) -> T |
     if value is not None and not isinstance(value, kind):
         raise Refused(400, BAD_REQUEST, f"The GraphQL operation's `{key}` must be {expected}")
     return value
+
+
+def _check_method(method: str, operation: OperationDefinitionNode) -> None:
+    """Only queries over GET: a GET must not change anything, nor stay open."""
+    if method == "GET" and operation.operation is not OperationType.QUERY:
+        raise method_not_allowed(
+            f"{operation.operation.value}s are not allowed when using GET: use POST"
+        )
 
 
 def _no_operation(name: str | None) -> str:

@@ -63,6 +63,27 @@ OUTBOX_OLDEST_PENDING_AGE = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+SUBSCRIPTIONS_OPEN = Gauge(
+    "graphql_subscriptions_open",
+    "Subscriptions open in this process (over WebSocket or multipart HTTP).",
+    multiprocess_mode="livesum",
+)
+# The lowest of the processes: 0 when any of them is not listening (reconnecting).
+CHANGE_FEED_LISTENING = Gauge(
+    "change_feed_listening",
+    "1 while the process LISTENs for committed changes (subscriptions), read at scrape time.",
+    multiprocess_mode="livemin",
+)
+SUBSCRIPTION_EVENTS = Counter(
+    "graphql_subscription_events_total", "Subscription results sent to clients."
+)
+SUBSCRIPTION_DROPS = Counter(
+    "graphql_subscription_drops_total",
+    "Subscriptions the server ended, by reason (slow consumer, token no longer valid, "
+    "change feed interrupted, error).",
+    ["reason"],
+)
+
 logger = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -196,6 +217,9 @@ async def _refresh_outbox_gauges(state: Any) -> None:
 async def metrics_endpoint(request: Request) -> Response:
     state = request.app.state
     await _refresh_outbox_gauges(state)
+    events = getattr(state, "events", None)
+    if events is not None:
+        CHANGE_FEED_LISTENING.set(1 if events.listening.is_set() else 0)
     return metrics_response(
         getattr(state, "engine", None),
         multiprocess_dir=state.settings.prometheus_multiproc_dir,
