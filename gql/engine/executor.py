@@ -3,9 +3,10 @@ with the execution context the EXECUTOR setting chose (docs/execution.md): our c
 (`gql.engine.plans`), or graphql-core's reference behaviour as Strawberry runs it. One interface,
 so the pipeline (`gql.transport.endpoint`) does not know which one runs."""
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute
+from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute, subscribe
 from graphql.execution import Executor as ExecutionContext
 
 from gql.engine.internals import StrawberryExecutionContext, is_awaitable
@@ -54,3 +55,27 @@ class Executor:
             outcome = await outcome
         assert isinstance(outcome, ExecutionResult)
         return outcome
+
+    async def subscribe(
+        self,
+        document: DocumentNode,
+        *,
+        operation_name: str | None,
+        variables: dict[str, Any] | None,
+        context: Context,
+    ) -> ExecutionResult | AsyncIterator[ExecutionResult]:
+        """A subscription's stream of results, each event completed by the same execution
+        context as `execute`'s; an ExecutionResult (its errors) when it cannot start."""
+        outcome = subscribe(
+            self.schema,
+            document,
+            context_value=context,
+            variable_values=variables,
+            operation_name=operation_name,
+            executor_class=self.execution_context_class,
+            is_awaitable=is_awaitable,
+            operation_extensions=None,
+        )
+        if is_awaitable(outcome):
+            outcome = await outcome
+        return outcome  # type: ignore[return-value]

@@ -2,17 +2,16 @@
 context, built from the app's state and the connection's token, and its stream of results."""
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
-from graphql import DocumentNode, ExecutionResult, GraphQLError, subscribe
+from graphql import DocumentNode, ExecutionResult, GraphQLError
 from starlette.datastructures import State
 
 from core.correlation import current_correlation_id
 from core.settings import Settings
 from db.reads import PooledReads
 from gql.engine.executor import Executor
-from gql.engine.internals import is_awaitable
 from gql.errors import with_codes
 from gql.schema.context import Context
 from gql.schema.subscriptions import SubscriptionContext
@@ -78,21 +77,12 @@ async def results(
     no longer valid, the change feed interrupted)."""
     SUBSCRIPTIONS_OPEN.inc()
     try:
-        outcome = subscribe(
-            executor.schema,
-            document,
-            context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
-            executor_class=executor.execution_context_class,
-            is_awaitable=is_awaitable,
-            operation_extensions=None,  # what Strawberry's execution context expects
+        outcome = await executor.subscribe(
+            document, operation_name=operation_name, variables=variables, context=context
         )
-        if is_awaitable(outcome):
-            outcome = await outcome
         if isinstance(outcome, ExecutionResult):
             raise Rejected(outcome.errors or [])
-        stream = cast(AsyncIterator[ExecutionResult], outcome)
+        stream = outcome
         try:
             async for result in stream:
                 SUBSCRIPTION_EVENTS.inc()
