@@ -8,6 +8,7 @@ from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from core.logging import configure_logging
@@ -75,7 +76,23 @@ async def change_feed(app: FastAPI, settings: Settings, url: str) -> AsyncIterat
         await listener
 
 
-def create_app(  # noqa: PLR0915 - the composition root: the wiring reads best in one place
+@asynccontextmanager
+async def token_usage(
+    authenticator: Authenticator, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[None]:
+    """API tokens' last-used dates, written once a minute rather than on every request; the
+    last ones when the app stops, then the JWT verifier's HTTP client closed."""
+    stop = asyncio.Event()
+    usage = asyncio.create_task(authenticator.usage.run(sessions, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await usage  # its last flush included
+        await authenticator.aclose()
+
+
+def create_app(
     settings: Settings | None = None,
     *,
     database_url: str | None = None,
@@ -111,19 +128,13 @@ def create_app(  # noqa: PLR0915 - the composition root: the wiring reads best i
         await require_head(engine, wait=settings.db_pool_timeout)
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
-        authenticator: Authenticator = app.state.authenticator
-        stop_usage = asyncio.Event()
-        # API tokens' last-used dates, written once a minute rather than on every request.
-        usage = asyncio.create_task(
-            authenticator.usage.run(app.state.session_factory, stop=stop_usage)
-        )
         try:
-            async with change_feed(app, settings, url):
+            async with (
+                token_usage(app.state.authenticator, app.state.session_factory),
+                change_feed(app, settings, url),
+            ):
                 yield
         finally:
-            stop_usage.set()
-            await usage  # its last flush included
-            await authenticator.aclose()
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()
