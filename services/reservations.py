@@ -128,6 +128,8 @@ _taken = (
     .where(
         Product.id == bindparam("product_id", type_=BigInteger()),
         Product.stock >= bindparam("quantity", type_=Integer()),
+        # For the change trigger's notification (services.stock.note_correlation_id).
+        stock.note_correlation_id().is_not(None),
     )
     .values(stock=Product.stock - bindparam("quantity", type_=Integer()), updated_at=func.now())
     .returning(Product.id)
@@ -177,7 +179,9 @@ async def reserve_product(
         "quantity": quantity,
         "ttl": timedelta(seconds=ttl_seconds),
     }
-    held = (await session.execute(_TAKE_AND_HOLD, values)).first()
+    held = (
+        await session.execute(_TAKE_AND_HOLD, {**values, **stock.correlation_parameter()})
+    ).first()
     if held is not None:
         return held
     # No such product, or too few units: under the lock, reclaim lapsed holds or say which.

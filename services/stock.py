@@ -10,19 +10,49 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.correlation import current_correlation_id
 from db.arrays import equals_any, equals_any_parameter
 from db.models import Product, Reservation, ReservationStatus
 from db.rows import LightRow
 
 LOCKED_PRODUCT_COLUMNS = (Product.id, Product.price, Product.currency, Product.stock)
 
+
+def note_correlation_id() -> ColumnElement[str]:
+    """`booking.correlation_id` for the rest of the transaction, set by the statement that
+    takes a write's locks: the change triggers put it in their notifications (migration 0005,
+    services/events.py), so a subscriber's log names the request that wrote. In a statement
+    the write runs anyway, not one more round trip; bound to `note_correlation_id` (a name no
+    table has: Core would take a column's name in an UPDATE for a value to SET)."""
+    # The constants as SQL text: anonymous literals in a CTE of a cached statement (the
+    # reservation's one-statement hold) lose their values.
+    return func.set_config(
+        literal_column("'booking.correlation_id'"),
+        bindparam("note_correlation_id", type_=String()),
+        literal_column("true"),
+    ).label("correlation_noted")
+
+
+def correlation_parameter() -> dict[str, str]:
+    return {"note_correlation_id": current_correlation_id() or ""}
+
+
 # Built once, the ids bound per call: SQLAlchemy memoizes a statement's cache key, so
 # reusing the object spares a walk of it on every order.
 _LOCK_PRODUCTS = (
-    select(*LOCKED_PRODUCT_COLUMNS)
+    select(*LOCKED_PRODUCT_COLUMNS, note_correlation_id())
     .where(equals_any_parameter(Product.id, "ids"))
     .order_by(Product.id)
     .with_for_update()
@@ -38,7 +68,9 @@ _ADJUST = text(
 async def lock_products(session: AsyncSession, product_ids: Iterable[int]) -> dict[int, LightRow]:
     """Lock the products in ascending id order and return their current price, currency and
     stock: the values read under the lock are the ones the transaction may act on."""
-    locked = await session.execute(_LOCK_PRODUCTS, {"ids": sorted(set(product_ids))})
+    locked = await session.execute(
+        _LOCK_PRODUCTS, {"ids": sorted(set(product_ids)), **correlation_parameter()}
+    )
     return {row.id: row for row in locked}
 
 

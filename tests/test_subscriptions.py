@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -21,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from core.settings import Settings
 from db.models import Product
 from gql.app import create_app
-from gql.schema.ids import to_global_id
+from gql.schema.ids import from_global_id, to_global_id
 from services.events import (
     EventHub,
     OrderChanged,
@@ -30,11 +31,13 @@ from services.events import (
     SubscriptionLimitReached,
     parse_payload,
 )
+from tests.databases import libpq_dsn
 from tests.deployment import gunicorn_instances, pgbouncer
-from tests.documents import CANCEL_ORDER
+from tests.documents import CANCEL_ORDER, RELEASE
 from tests.factories import Factory
 from tests.identity_provider import AUDIENCE, ISSUER, IdentityProvider
 from tests.live import serving
+from tests.test_reservations import RESERVE
 
 STOCK = "subscription Stock($ids: [ID!]!) { productStockChanged(ids: $ids) { id stock } }"
 ORDERS = "subscription { orderUpdated { id status items { quantity product { id } } } }"
@@ -589,3 +592,57 @@ async def test_the_websocket_handshake_echoes_the_correlation_id(
         ) as socket:
             assert socket.response is not None
             assert socket.response.headers["X-Correlation-ID"] == "ws-corr-7"
+
+
+async def test_each_change_names_the_request_that_wrote_it(
+    settings: Settings, database_url: str, factory: Factory
+) -> None:
+    """The triggers' notifications carry the writing request's correlation ID, set by the
+    statement that takes the write's locks: holds (the one-statement path and the one under
+    the lock), orders, cancels and releases alike; a subscriber's log line names it."""
+    product = await factory.product(stock=2)
+    user, token = await factory.user()
+    heard: list[str] = []
+    listener = await asyncpg.connect(libpq_dsn(database_url))
+    await listener.add_listener("booking_changes", lambda *args: heard.append(args[3]))
+
+    async def write(server: Server, document: str, variables: dict[str, Any], cid: str) -> Any:
+        response = await server.http.post(
+            "/graphql",
+            json={"query": document, "variables": variables},
+            headers={"Authorization": f"Bearer {token}", "X-Correlation-ID": cid},
+        )
+        return response.json()["data"]
+
+    def hold(quantity: int) -> dict[str, Any]:
+        return {"input": {"productId": pid(product), "quantity": quantity}}
+
+    try:
+        async with server(settings, database_url) as instance:
+            held = await write(instance, RESERVE, hold(1), "hold-1")
+            await write(
+                instance, RELEASE, {"id": held["reserveProduct"]["reservation"]["id"]}, "release-2"
+            )
+            placed = await write(instance, CREATE_ORDER, order_input("k", product, 2), "order-3")
+            order_id = placed["createOrder"]["order"]["id"]
+            await write(instance, CANCEL_ORDER, {"id": order_id}, "cancel-4")
+            await write(instance, CREATE_ORDER, order_input("k2", product, 1), "order-5")
+            # One unit left: too few for the one-statement hold of two, which then takes
+            # the lock and says so.
+            refused = await write(instance, RESERVE, hold(2), "hold-6")
+            assert refused["reserveProduct"]["__typename"] == "InsufficientStock"
+            await until(lambda: len(heard) >= 8)
+    finally:
+        await listener.close()
+    by_request: dict[str, list[str]] = {}
+    for payload in heard:
+        *what, correlation_id = payload.split(":")
+        by_request.setdefault(correlation_id, []).append(":".join(what))
+    order_row = from_global_id(order_id)[1]
+    assert {cid: sorted(changes) for cid, changes in by_request.items()} == {
+        "hold-1": [f"p:{product.id}"],
+        "release-2": [f"p:{product.id}"],
+        "order-3": [f"o:{order_row}:{user.id}", f"p:{product.id}"],
+        "cancel-4": [f"o:{order_row}:{user.id}", f"p:{product.id}"],
+        "order-5": sorted([f"o:{order_row + 1}:{user.id}", f"p:{product.id}"]),
+    }
