@@ -41,15 +41,7 @@ class Executor:
         context: Context,
     ) -> ExecutionResult:
         outcome = execute(
-            self.schema,
-            document,
-            context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
-            executor_class=self.execution_context_class,
-            is_awaitable=is_awaitable,
-            # Strawberry's execution context takes the request's `extensions` (none here).
-            operation_extensions=None,
+            self.schema, document, **self._arguments(operation_name, variables, context)
         )
         if is_awaitable(outcome):
             outcome = await outcome
@@ -67,15 +59,22 @@ class Executor:
         """A subscription's stream of results, each event completed by the same execution
         context as `execute`'s; an ExecutionResult (its errors) when it cannot start."""
         outcome = subscribe(
-            self.schema,
-            document,
-            context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
-            executor_class=self.execution_context_class,
-            is_awaitable=is_awaitable,
-            operation_extensions=None,
+            self.schema, document, **self._arguments(operation_name, variables, context)
         )
         if is_awaitable(outcome):
             outcome = await outcome
         return outcome  # type: ignore[return-value]
+
+    def _arguments(
+        self, operation_name: str | None, variables: dict[str, Any] | None, context: Context
+    ) -> dict[str, Any]:
+        """What graphql-core's `execute` and `subscribe` both take from us."""
+        return {
+            "context_value": context,
+            "variable_values": variables,
+            "operation_name": operation_name,
+            "executor_class": self.execution_context_class,
+            "is_awaitable": is_awaitable,
+            # Strawberry's execution context takes the request's `extensions` (none here).
+            "operation_extensions": None,
+        }
