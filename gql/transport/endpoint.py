@@ -10,7 +10,6 @@ the FastAPI app behind it serves the rest (health, metrics, GraphiQL's assets).
 """
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -32,16 +31,13 @@ from strawberry.http import GraphQLHTTPResponse, process_result
 from core.correlation import current_correlation_id
 from core.settings import Settings
 from db.reads import PooledReads
-from gql.engine.documents import Document, DocumentCache
+from gql.engine.documents import DocumentCache
 from gql.engine.executor import Executor
 from gql.errors import (
     BAD_REQUEST,
     NOT_FOUND,
     PERSISTED_QUERY_NOT_ALLOWED,
     PERSISTED_QUERY_NOT_FOUND,
-    QUERY_TOO_COMPLEX,
-    RATE_LIMITED,
-    SERVICE_UNAVAILABLE,
     error_body,
     log_unexpected,
     with_codes,
@@ -53,10 +49,11 @@ from gql.transport.caching import PRIVATE, PUBLIC_VARY, CachePolicy, etag_of, is
 from gql.transport.graphiql import graphiql_html
 from gql.transport.metrics import ERRORS, observe_latency
 from gql.transport.multipart import MultipartStream, wants_multipart
-from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
-from gql.transport.refusals import Refused
+from gql.transport.ratelimit import RateLimiter, caller_key
+from gql.transport.refusals import Refused, check_query_size
 from gql.transport.subscriptions import results, subscription_context
 from gql.transport.tracing import name_operation, operation_event, operation_span
+from services.auth import Actor
 
 T = TypeVar("T")
 
@@ -174,7 +171,6 @@ class GraphQLEndpoint:
         self.persisted_queries = persisted_queries
         self.state = state  # the app's: its session factory exists once the lifespan started
         self.graphiql = graphiql
-        self.limited_fields = frozenset(rate_limiter.limited_fields())
         self.cache_policy = CachePolicy(settings.http_cache_max_age)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -211,15 +207,7 @@ class GraphQLEndpoint:
         document = self.documents.parsed(params.query)
         operation = document.operation(params.operation_name) if document.ast else None
         name_operation(operation)
-        context = Context(
-            sessions=self.state.session_factory,
-            reads=PooledReads(self.state.engine),
-            settings=self.settings,
-            viewer=None,  # until `authenticate`
-            auth_error=None,
-            correlation_id=current_correlation_id(),
-            background_tasks=background,
-        )
+        context = request_context(self.state, self.settings, background=background)
         # It takes a pooled connection only at its first statement, and gives it back at
         # `Context.close`, below.
         try:
@@ -228,7 +216,10 @@ class GraphQLEndpoint:
             refusal = await self._authenticate(context, request)
             # Every request counts, the ones that fail to parse or validate too, and those
             # with a token refused (each cost a signature check).
-            await self._check_rate_limits(context, request, params.query, document, operation)
+            caller = caller_key(
+                context.viewer, request.peer, request.forwarded_for, self.settings.trusted_proxies
+            )
+            await self.rate_limiter.check_operation(caller, params.query, document, operation)
             if refusal is not None:
                 raise refusal
             if document.ast is None:
@@ -369,7 +360,7 @@ class GraphQLEndpoint:
             params.query = await self._persisted_document(params.document_id)
             return params
         if params.query is not None:
-            self._check_query_size(params.query)
+            check_query_size(params.query, self.settings.max_query_bytes)
         store = self.persisted_queries
         persisted = (params.extensions or {}).get("persistedQuery")
         if persisted is None:
@@ -428,61 +419,6 @@ class GraphQLEndpoint:
             )
         return query
 
-    def _check_query_size(self, query: str) -> None:
-        """Refuse a query text over MAX_QUERY_BYTES before anything parses or caches it: the
-        token limit bounds the parser's work, but not whitespace, and the caches (persisted
-        queries, documents) are keyed by the whole text."""
-        limit = self.settings.max_query_bytes
-        # UTF-8 takes 1 to 4 bytes a character: encode only when the length leaves a doubt.
-        if len(query) > limit or (len(query) * 4 > limit and len(query.encode()) > limit):
-            raise Refused(
-                400,
-                QUERY_TOO_COMPLEX,
-                f"The query text exceeds {limit} bytes",
-                request_error=True,
-            )
-
-    async def _check_rate_limits(
-        self,
-        context: Context,
-        request: HttpRequest,
-        query: str,
-        document: Document,
-        operation: OperationDefinitionNode | None,
-    ) -> None:
-        """Count the request against the caller's limits (the user's, else the client
-        address's) and each limited root field of the operation; Refused when one is reached."""
-        limiter = self.rate_limiter
-        if not limiter.enabled:
-            return
-        if context.viewer is not None:
-            caller = f"user:{context.viewer.user_id}"
-        else:
-            caller = "ip:" + client_ip(
-                request.peer, request.forwarded_for, self.settings.trusted_proxies
-            )
-        fields: Counter[str] = Counter()
-        # Cheap filter first: most operations name no field with a limit of its own.
-        if operation is not None and any(name in query for name in self.limited_fields):
-            fields = document.root_fields(operation)
-        try:
-            refusal = await limiter.check(caller, fields)
-        except RateLimitUnavailable:
-            raise Refused(
-                503,
-                SERVICE_UNAVAILABLE,
-                "Rate limits cannot be checked; retry later",
-                {"Retry-After": "1"},
-            ) from None
-        if refusal is not None:
-            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
-            raise Refused(
-                429,
-                RATE_LIMITED,
-                f"Too many {what}; retry in {refusal.retry_after}s",
-                {"Retry-After": str(refusal.retry_after)},
-            )
-
     def _request_errors(self, errors: tuple[GraphQLError, ...], request: HttpRequest) -> Answer:
         """A request that failed before execution (parse, validation, limits): no `data` at
         all; 400 for clients of application/graphql-response+json, 200 for old clients."""
@@ -491,6 +427,26 @@ class GraphQLEndpoint:
         media_type = _media_type(request.accept)
         status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
         return Answer(status, media_type, orjson.dumps(body))
+
+
+def request_context(
+    state: State,
+    settings: Settings,
+    *,
+    viewer: Actor | None = None,
+    background: BackgroundTasks | None = None,
+) -> Context:
+    """The context of one operation (HTTP, or one over a WebSocket): its database access from
+    the app's engine, no viewer until `authenticate` sets one (a WebSocket's is known)."""
+    return Context(
+        sessions=state.session_factory,
+        reads=PooledReads(state.engine),
+        settings=settings,
+        viewer=viewer,
+        auth_error=None,
+        correlation_id=current_correlation_id(),
+        background_tasks=background,
+    )
 
 
 def response_data(result: ExecutionResult) -> GraphQLHTTPResponse:

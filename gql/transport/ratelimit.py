@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
+from graphql import OperationDefinitionNode
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -20,9 +21,14 @@ from redis.asyncio import Redis
 
 from core.redis import RedisCircuit
 from core.settings import Settings
+from gql.engine.documents import Document
 from gql.engine.internals import moving_window_acquire
+from gql.errors import RATE_LIMITED as RATE_LIMITED_CODE
+from gql.errors import SERVICE_UNAVAILABLE
 from gql.transport.allowance import LocalAllowances
 from gql.transport.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, REDIS_FAILURES
+from gql.transport.refusals import Refused
+from services.auth import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +123,44 @@ class RateLimiter:
         self._field_limits = {
             name: parse_many(limit) for name, limit in settings.rate_limit_fields.items()
         }
+        self._field_names = frozenset(self._field_limits)
 
     def limited_fields(self) -> Iterable[str]:
         return self._field_limits.keys()
+
+    async def check_operation(
+        self,
+        caller: str,
+        query: str,
+        document: Document,
+        operation: OperationDefinitionNode | None,
+    ) -> None:
+        """Count one operation of `caller` (see `caller_key`) against its limits and each
+        limited root field of the operation; Refused (429, or 503 when the count cannot be
+        asked and limits fail closed) when one is reached. HTTP and WebSocket alike."""
+        if not self.enabled:
+            return
+        fields: Counter[str] = Counter()
+        # Cheap filter first: most operations name no field with a limit of its own.
+        if operation is not None and any(name in query for name in self._field_names):
+            fields = document.root_fields(operation)
+        try:
+            refusal = await self.check(caller, fields)
+        except RateLimitUnavailable:
+            raise Refused(
+                503,
+                SERVICE_UNAVAILABLE,
+                "Rate limits cannot be checked; retry later",
+                {"Retry-After": "1"},
+            ) from None
+        if refusal is not None:
+            what = "requests" if refusal.limit == "request" else f"`{refusal.limit}`"
+            raise Refused(
+                429,
+                RATE_LIMITED_CODE,
+                f"Too many {what}; retry in {refusal.retry_after}s",
+                {"Retry-After": str(refusal.retry_after)},
+            )
 
     async def check(self, caller: str, root_fields: Counter[str] | None = None) -> Refusal | None:
         """Count one request of `caller` (and each root field with its own limit, once per
@@ -159,6 +200,15 @@ class RateLimiter:
         if not self.fail_open:
             raise RateLimitUnavailable
         RATE_LIMIT_UNCHECKED.inc()
+
+
+def caller_key(
+    viewer: Actor | None, peer: str | None, forwarded_for: list[str], trusted: list[Network]
+) -> str:
+    """Whose count a request is: the user's, else the client address's (`client_ip`)."""
+    if viewer is not None:
+        return f"user:{viewer.user_id}"
+    return "ip:" + client_ip(peer, forwarded_for, trusted)
 
 
 def client_ip(peer: str | None, forwarded_for: list[str], trusted: list[Network]) -> str:

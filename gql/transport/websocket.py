@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,32 +20,26 @@ from graphql import (
     DocumentNode,
     ExecutionResult,
     GraphQLError,
-    OperationDefinitionNode,
     OperationType,
 )
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.utils import ClientDisconnected
 
-from core.correlation import current_correlation_id
 from core.settings import Settings
-from db.reads import PooledReads
-from gql.engine.documents import Document, DocumentCache
+from gql.engine.documents import DocumentCache
 from gql.engine.executor import Executor
 from gql.errors import (
     BAD_REQUEST,
-    QUERY_TOO_COMPLEX,
-    RATE_LIMITED,
-    SERVICE_UNAVAILABLE,
     log_unexpected,
     with_codes,
 )
 from gql.schema.context import Context
 from gql.transport.authentication import authenticate
-from gql.transport.endpoint import GRAPHQL_PATH, GraphQLEndpoint, response_data
+from gql.transport.endpoint import GRAPHQL_PATH, GraphQLEndpoint, request_context, response_data
 from gql.transport.metrics import ERRORS, SUBSCRIPTION_DROPS
-from gql.transport.ratelimit import RateLimiter, RateLimitUnavailable, client_ip
-from gql.transport.refusals import Refused
+from gql.transport.ratelimit import RateLimiter, caller_key
+from gql.transport.refusals import Refused, check_query_size
 from gql.transport.subscriptions import Rejected, results, subscription_context
 from services.auth import Actor
 
@@ -117,7 +110,6 @@ class GraphQLWebSocket:
         self.documents = documents
         self.executor = executor
         self.rate_limiter = rate_limiter
-        self.limited_fields = frozenset(rate_limiter.limited_fields())
         self.state = state
 
     @classmethod
@@ -317,14 +309,18 @@ class WebSocketConnection:
             raise Rejected([_error(BAD_REQUEST, "`variables` must be an object or null")])
         if operation_name is not None and not isinstance(operation_name, str):
             raise Rejected([_error(BAD_REQUEST, "`operationName` must be a string or null")])
-        if len(query.encode()) > self.settings.max_query_bytes:
-            limit = self.settings.max_query_bytes
-            raise Rejected([_error(QUERY_TOO_COMPLEX, f"The query text exceeds {limit} bytes")])
         documents = self.server.documents
-        document = documents.parsed(query)
-        definition = document.operation(operation_name) if document.ast else None
-        # Every operation counts, those that fail to parse or validate too (as over HTTP).
-        await self._check_rate_limits(query, document, definition)
+        try:
+            check_query_size(query, self.settings.max_query_bytes)
+            document = documents.parsed(query)
+            definition = document.operation(operation_name) if document.ast else None
+            # Every operation counts, those that fail to parse or validate too (as over HTTP).
+            caller = caller_key(
+                self.viewer, self.peer, self.forwarded_for, self.settings.trusted_proxies
+            )
+            await self.server.rate_limiter.check_operation(caller, query, document, definition)
+        except Refused as refused:
+            raise Rejected([_error(refused.code, refused.message)]) from None
         if document.ast is None:
             raise Rejected(list(document.parse_errors))
         if definition is None:
@@ -382,40 +378,8 @@ class WebSocketConnection:
         finally:
             await context.close()
 
-    async def _check_rate_limits(
-        self, query: str, document: Document, definition: OperationDefinitionNode | None
-    ) -> None:
-        limiter = self.server.rate_limiter
-        if not limiter.enabled:
-            return
-        if self.viewer is not None:
-            caller = f"user:{self.viewer.user_id}"
-        else:
-            caller = "ip:" + client_ip(self.peer, self.forwarded_for, self.settings.trusted_proxies)
-        fields: Counter[str] = Counter()
-        if definition is not None and any(name in query for name in self.server.limited_fields):
-            fields = document.root_fields(definition)
-        try:
-            refusal = await limiter.check(caller, fields)
-        except RateLimitUnavailable:
-            raise Rejected(
-                [_error(SERVICE_UNAVAILABLE, "Rate limits cannot be checked; retry later")]
-            ) from None
-        if refusal is not None:
-            raise Rejected(
-                [_error(RATE_LIMITED, f"Too many requests; retry in {refusal.retry_after}s")]
-            )
-
     def _context(self) -> Context:
-        state = self.server.state
-        return Context(
-            sessions=state.session_factory,
-            reads=PooledReads(state.engine),
-            settings=self.settings,
-            viewer=self.viewer,
-            auth_error=None,
-            correlation_id=current_correlation_id(),
-        )
+        return request_context(self.server.state, self.settings, viewer=self.viewer)
 
     async def _send_result(self, operation: Operation, result: ExecutionResult) -> None:
         if result.errors:
