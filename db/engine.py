@@ -33,6 +33,8 @@ def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
     )
     if settings.db_pool_pre_ping:
         pool = engine.sync_engine.pool
+        # A new connection counts as just used: it was opened a moment ago, no ping needed.
+        event.listen(pool, "connect", _note_checkin)
         event.listen(pool, "checkin", _note_checkin)
         event.listen(
             pool, "checkout", partial(_check_on_checkout, ping_after=settings.db_pool_ping_after)
@@ -81,15 +83,17 @@ def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
 def _server_spoke(driver: Any) -> bool:
     """Whether the server sent something the loop has not read yet to this idle connection.
     Unasked, that is mostly a goodbye (a terminated backend's error, then the close), so the
-    connection is then pinged. One `select` with no timeout, no round trip; True when the
-    socket cannot be looked at (asyncpg keeps it private), which costs a ping."""
+    connection is then pinged. One `poll` with no timeout, no round trip (`select.select`
+    refuses descriptors from 1024 on, which a busy worker reaches); True when the socket
+    cannot be looked at (asyncpg keeps it private), which costs a ping."""
     transport = getattr(driver, "_transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     descriptor = sock.fileno() if sock is not None else -1
     if descriptor < 0:
         return True
-    readable, _, _ = select.select([descriptor], [], [], 0)
-    return bool(readable)
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _check_on_checkout(

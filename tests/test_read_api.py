@@ -2,18 +2,23 @@
 
 import asyncio
 import base64
+import os
+import resource
+import socket
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
 from db.compiled import driver_connection
-from db.engine import create_db_engine
+from db.engine import _server_spoke, create_db_engine
 from db.models import OrderStatus, ProductKind
 from gql.app import create_app
 from gql.schema.ids import to_global_id
@@ -438,15 +443,19 @@ async def test_only_a_connection_idle_for_a_while_is_pinged_on_checkout(database
         if record.query == ";":
             pings.append(record.query)
 
+    def log_from_the_start(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(record_ping)
+
+    # Listened after the engine's own: a new connection is noted as just used first.
+    event.listen(engine.sync_engine.pool, "connect", log_from_the_start)
+
     async def check_out() -> None:
-        async with engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            driver.remove_query_logger(record_ping)
-            driver.add_query_logger(record_ping)
+        async with engine.connect():
+            pass
         await asyncio.sleep(0)  # query loggers are called soon, not at once
 
     try:
-        await check_out()  # never checked in before: pinged, unseen by the logger not yet added
+        await check_out()  # a new connection: opened a moment ago, not pinged
         await check_out()
         await check_out()
         assert pings == []
@@ -455,6 +464,28 @@ async def test_only_a_connection_idle_for_a_while_is_pinged_on_checkout(database
         assert pings == [";"]
     finally:
         await engine.dispose()
+
+
+def test_a_connection_on_a_high_file_descriptor_is_looked_at_without_error() -> None:
+    """`select.select` refuses descriptors from 1024 on, which a busy worker's sockets reach:
+    the checkout's look at an idle connection must not turn into an error for every request."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1500:
+        pytest.skip(f"cannot open descriptor 1500 here (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    ours, theirs = socket.socketpair()
+    try:
+        with socket.socket(fileno=os.dup2(ours.fileno(), 1500)) as sock:
+            assert sock.fileno() == 1500
+            transport = SimpleNamespace(get_extra_info=lambda name: sock)
+            driver = SimpleNamespace(_transport=transport)
+            assert _server_spoke(driver) is False
+            theirs.send(b"bye")
+            assert _server_spoke(driver) is True
+    finally:
+        ours.close()
+        theirs.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_the_connection_is_back_in_the_pool_before_the_response_is_sent(
