@@ -48,7 +48,9 @@ async def actor_for_jwt(
         try:
             actor = await _stored_actor(token, reads, writes, auto_provision, attempts)
         except NoAccount:
-            if cache is not None:
+            # Without provisioning the subject alone decides; with it, the refusal may be the
+            # token's claims (no e-mail, not verified), which the next token may have right.
+            if cache is not None and not auto_provision:
                 cache.remember(token.subject, None)
             raise
         if cache is not None:
