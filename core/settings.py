@@ -194,7 +194,8 @@ class Settings(BaseSettings):
     # but never more often than JWT_JWKS_MIN_REFRESH_SECONDS, so a flood of made-up kids costs
     # the provider one request per interval.
     jwt_jwks_cache_seconds: float = Field(default=600.0, gt=0)
-    jwt_jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    # At least a second: made-up `kid`s would otherwise each cost a fetch from the provider.
+    jwt_jwks_min_refresh_seconds: float = Field(default=30.0, ge=1)
     jwt_jwks_timeout: float = Field(default=5.0, gt=0)
 
     @field_validator("jwt_algorithms", mode="before")

@@ -31,6 +31,9 @@ def parse_expiry(text: str) -> timedelta | None:
     """`90d`, `12h`, … (as `parse_age`), or `never`."""
     if text.strip().lower() == "never":
         return None
+    if text.strip().isdigit():
+        # `parse_age` reads a bare number as seconds: `--expires 90` meant days, surely.
+        raise argparse.ArgumentTypeError("give the expiry a unit: 90d, 12h, 30m (or `never`)")
     age = parse_age(text)
     if age <= timedelta(0):
         raise argparse.ArgumentTypeError("an expiry must be in the future (or `never`)")

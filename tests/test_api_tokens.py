@@ -111,6 +111,9 @@ def test_the_token_command_refuses_a_malformed_expiry() -> None:
         "postgresql://unused/none", "issue", "--email", "a@b", "--expires", "soon"
     )
     assert result.returncode == 2 and "not an age" in result.stderr
+    # A bare number would be seconds: refused rather than a token dead in 90 s.
+    bare = tokens_command("postgresql://unused/none", "issue", "--email", "a@b", "--expires", "90")
+    assert bare.returncode == 2 and "give the expiry a unit" in bare.stderr
 
 
 async def test_expired_and_revoked_tokens_are_refused_while_the_users_others_work(
