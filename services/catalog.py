@@ -198,6 +198,12 @@ def _price_in_range(price: Decimal) -> bool:
 
 
 def check_filter(product_filter: ProductFilter) -> None:
+    needle = product_filter.name_contains
+    if needle and len(needle) > MAX_NAME_SEARCH_LENGTH:
+        raise InvalidInput(f"name search is limited to {MAX_NAME_SEARCH_LENGTH} characters")
+    if needle and "\x00" in needle:
+        # PostgreSQL text cannot hold NUL: the statement would fail in the database.
+        raise InvalidInput("name search must not contain NUL characters")
     currency = product_filter.currency
     if currency is not None and not _CURRENCY.match(currency):
         raise InvalidInput("currency must be an ISO 4217 code of 3 capital letters")
@@ -230,12 +236,6 @@ async def search_products(
     """One page of products matching `product_filter`, in `sort` order, within `window`;
     `columns` narrows the rows as in `products_by_ids` (the cursor's own columns are added)."""
     check_filter(product_filter)
-    needle = product_filter.name_contains
-    if needle and len(needle) > MAX_NAME_SEARCH_LENGTH:
-        raise InvalidInput(f"name search is limited to {MAX_NAME_SEARCH_LENGTH} characters")
-    if needle and "\x00" in needle:
-        # PostgreSQL text cannot hold NUL: the statement would fail in the database.
-        raise InvalidInput("name search must not contain NUL characters")
     after, before = window.after, window.before
     shape = _SearchShape(
         sort=sort,
@@ -246,7 +246,7 @@ async def search_products(
         currency=product_filter.currency is not None,
         min_price=product_filter.min_price is not None,
         max_price=product_filter.max_price is not None,
-        name_contains=bool(needle),
+        name_contains=bool(product_filter.name_contains),
         columns=(None if columns is None else tuple(sorted({*columns, "id", *sort_columns(sort)}))),
     )
     rows = await fetch(

@@ -420,7 +420,6 @@ async def _insert_order(
     session: AsyncSession, actor: Actor, request: OrderRequest, *, total: Decimal, currency: str
 ) -> LightRow:
     values = {
-        "kind": "order.created",
         "user_id": actor.user_id,
         "status": OrderStatus.CONFIRMED,
         "total_amount": total,

@@ -92,6 +92,8 @@ class PersistedQueries:
         return query
 
     async def put(self, sha: str, query: str) -> None:
+        if self._local.get(sha) == query:
+            return  # a client that sends hash and text every time: registered already
         self._local.put(sha, query)
         if self._redis is None or self._circuit.is_open:
             return
