@@ -6,6 +6,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -120,21 +121,24 @@ class ActorCache:
 
 
 async def actor_for_token(
-    reader: Reader,
     token: str,
+    *,
+    reads: AbstractAsyncContextManager[Reader],
     cache: ActorCache | None = None,
     usage: TokenUsage | None = None,
 ) -> Actor | None:
     """The actor owning `token`, or None for an unknown, expired or revoked token. On every
-    authenticated request, hence a precompiled statement, and the `cache` when given (so a
-    revoked token stops working within its ttl). Each lookup that finds the token tells
-    `usage`, which writes last-used dates in batches, never one per request."""
+    authenticated request, hence a precompiled statement in a `reads` turn, entered only when
+    the `cache` (when given) does not hold the answer (so a revoked token stops working within
+    its ttl). Each lookup that finds the token tells `usage`, which writes last-used dates in
+    batches, never one per request."""
     token_hash = hash_token(token)
     if cache is not None:
         cached = cache.get(token_hash)
         if not isinstance(cached, NotCached):
             return cached
-    rows = await fetch(reader, _actor_by_token_hash_query, token_hash=token_hash)
+    async with reads as reader:
+        rows = await fetch(reader, _actor_by_token_hash_query, token_hash=token_hash)
     if not rows:
         if cache is not None:
             cache.remember(token_hash, None)

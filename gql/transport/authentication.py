@@ -68,8 +68,12 @@ async def _viewer_for(context: Context, header: str | None, authenticator: Authe
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
         return Viewer(actor=None, error="malformed Authorization header: use 'Bearer <token>'")
     if is_well_formed_token(token):
-        async with context.read_turn() as reader:
-            actor = await actor_for_token(reader, token, authenticator.actors, authenticator.usage)
+        actor = await actor_for_token(
+            token,
+            reads=context.read_turn(),
+            cache=authenticator.actors,
+            usage=authenticator.usage,
+        )
         if actor is None:
             return Viewer(actor=None, error=INVALID_TOKEN)
         return Viewer(actor=actor)
