@@ -5,8 +5,7 @@ Both carry the request's correlation ID. With tracing off the app has no middlew
 the endpoint's hooks return at once."""
 
 import os
-from types import TracebackType
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
 
 from graphql import OperationDefinitionNode
 from opentelemetry import trace
@@ -47,46 +46,17 @@ def _note_correlation_id(span: Span, _scope: Scope) -> None:
         span.set_attribute(CORRELATION_ID, current_correlation_id() or "")
 
 
-class OperationSpan:
-    """The span of one GraphQL operation, current while the endpoint handles the request."""
-
-    __slots__ = ("_scope", "span")
-
-    def __init__(self) -> None:
-        self.span: Span | None = None
-        self._scope: Any = None
-
-    def __enter__(self) -> "OperationSpan":
-        self._scope = tracer().start_as_current_span(
-            "GraphQL operation", attributes={CORRELATION_ID: current_correlation_id() or ""}
-        )
-        self.span = self._scope.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._scope.__exit__(kind, error, traceback)
+_UNTRACED: AbstractContextManager[object] = nullcontext()
 
 
-class _Untraced:
-    __slots__ = ()
-
-    def __enter__(self) -> "_Untraced":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-_UNTRACED = _Untraced()
-
-
-def operation_span() -> OperationSpan | _Untraced:
-    return OperationSpan() if tracing_enabled() else _UNTRACED
+def operation_span() -> AbstractContextManager[object]:
+    """The span of one GraphQL operation, current while the endpoint handles the request;
+    nothing when tracing is off."""
+    if not tracing_enabled():
+        return _UNTRACED
+    return tracer().start_as_current_span(
+        "GraphQL operation", attributes={CORRELATION_ID: current_correlation_id() or ""}
+    )
 
 
 def name_operation(operation: OperationDefinitionNode | None) -> None:
