@@ -103,6 +103,18 @@ def _counted(tree: FieldTree) -> bool:
     return "totalCount" in tree
 
 
+async def _total(
+    tree: FieldTree, page: Page[Any], count: Callable[[], Awaitable[int]]
+) -> int | None:
+    """`totalCount` when selected: one count, or none when the page is the whole list (no
+    cursor, nothing beyond it either way), whose length is then the count."""
+    if not _counted(tree):
+        return None
+    if not page.has_next and not page.has_previous:
+        return len(page.rows)
+    return await count()
+
+
 def _position(
     cursor: str | None, ordering: str, sort: catalog.ProductSort
 ) -> catalog.Position | None:
@@ -250,9 +262,9 @@ class Query:
             window=window,
             columns=columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS),
         )
-        total = None
-        if _counted(tree):
-            total = await context.read(catalog.count_products, product_filter=product_filter)
+        total = await _total(
+            tree, page, lambda: context.read(catalog.count_products, product_filter=product_filter)
+        )
         rows = page.rows
         return connection_of(
             [Product.from_row(row) for row in rows],
@@ -293,9 +305,11 @@ class Query:
         )
         nodes = [Order.from_row(row) for row in page.rows]
         await prefetch_orders(context, nodes, wanted, alone=True)
-        total = None
-        if _counted(tree):
-            total = await context.read(orders.count_orders, context.require_viewer(), status=status)
+        total = await _total(
+            tree,
+            page,
+            lambda: context.read(orders.count_orders, context.require_viewer(), status=status),
+        )
         return _own_connection(nodes, "orders", page, edges, total)
 
     @strawberry.field(description=RESERVATIONS_DESCRIPTION)  # type: ignore[untyped-decorator]
@@ -320,9 +334,11 @@ class Query:
         )
         nodes = [Reservation.from_row(row) for row in page.rows]
         tree = selection_tree(info)
-        total = None
-        if _counted(tree):
-            total = await context.query(
+        total = await _total(
+            tree,
+            page,
+            lambda: context.query(
                 reservations.count_reservations, context.require_viewer(), status=status
-            )
+            ),
+        )
         return _own_connection(nodes, "reservations", page, subtree(tree, "edges"), total)
