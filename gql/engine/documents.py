@@ -7,7 +7,9 @@ one entry serves every viewer. Variables, the viewer and everything else of a re
 applied at execution."""
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from graphql import (
     ASTValidationRule,
@@ -32,6 +34,9 @@ from gql.engine.walk import fragment_definitions, walk
 MAX_DOCUMENTS = 1000
 
 
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
 class Document:
     """One query text, parsed (or the parser's error), validated on first need."""
@@ -39,7 +44,8 @@ class Document:
     ast: DocumentNode | None
     parse_errors: tuple[GraphQLError, ...] = ()
     validation_errors: tuple[GraphQLError, ...] | None = None  # None: not validated yet
-    _root_fields: dict[str | None, Counter[str]] = field(default_factory=dict)
+    # What was worked out of each operation, by (how, operation name): see `per_operation`.
+    _facts: dict[tuple[Callable[..., Any], str | None], Any] = field(default_factory=dict)
 
     def operation(self, name: str | None) -> OperationDefinitionNode | None:
         """The operation a request names (or the only one), as graphql-core chooses it."""
@@ -56,15 +62,25 @@ class Document:
                 return definition
         return found
 
+    def per_operation(
+        self,
+        operation: OperationDefinitionNode,
+        work_out: Callable[[DocumentNode, OperationDefinitionNode], T],
+    ) -> T:
+        """`work_out(ast, operation)`, once per operation of this document: a fact of the text
+        alone (the root fields for the rate limits, the readership for HTTP caching) costs
+        nothing on the requests that repeat it."""
+        key = (work_out, operation.name.value if operation.name else None)
+        if key not in self._facts:
+            assert self.ast is not None
+            self._facts[key] = work_out(self.ast, operation)
+        fact: T = self._facts[key]
+        return fact
+
     def root_fields(self, operation: OperationDefinitionNode) -> Counter[str]:
         """How many times each root field occurs in `operation` (through fragments too), for
         the per-field rate limits."""
-        key = operation.name.value if operation.name else None
-        counts = self._root_fields.get(key)
-        if counts is None:
-            assert self.ast is not None
-            counts = self._root_fields[key] = _count_root_fields(self.ast, operation)
-        return counts
+        return self.per_operation(operation, _count_root_fields)
 
 
 class DocumentCache:

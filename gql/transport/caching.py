@@ -16,7 +16,7 @@ from graphql import (
     VariableNode,
 )
 
-from core.bounded import BoundedCache
+from gql.engine.documents import Document
 from gql.engine.walk import fragment_definitions, walk
 from gql.schema.ids import from_global_id
 from gql.schema.visibility import PUBLIC_NODE_TYPES, PUBLIC_ROOT_FIELDS
@@ -55,25 +55,20 @@ def readership_of(document: DocumentNode, operation: OperationDefinitionNode) ->
 
 
 class CachePolicy:
-    """The `Cache-Control` of GET results; each operation's readership worked out once."""
+    """The `Cache-Control` of GET results; each operation's readership worked out once, with
+    the document (`Document.per_operation`)."""
 
-    def __init__(self, max_age: int, *, size: int = 1000) -> None:
+    def __init__(self, max_age: int) -> None:
         self.public = f"public, max-age={max_age}" if max_age > 0 else PRIVATE
-        self._readers: BoundedCache[tuple[str, str | None], Readership] = BoundedCache(size)
 
     def cache_control(
         self,
-        query: str,
-        document: DocumentNode,
+        document: Document,
         operation: OperationDefinitionNode,
         variables: dict[str, Any] | None,
     ) -> str:
         """For an anonymous result without errors (the caller checks both)."""
-        key = (query, operation.name.value if operation.name else None)
-        readership = self._readers.get(key)
-        if readership is None:
-            readership = readership_of(document, operation)
-            self._readers.put(key, readership)
+        readership = document.per_operation(operation, readership_of)
         if not readership.public:
             return PRIVATE
         for value in readership.node_ids:

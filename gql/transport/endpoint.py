@@ -31,7 +31,7 @@ from strawberry.http import GraphQLHTTPResponse, process_result
 from core.correlation import current_correlation_id
 from core.settings import Settings
 from db.reads import PooledReads
-from gql.engine.documents import DocumentCache
+from gql.engine.documents import Document, DocumentCache
 from gql.engine.executor import Executor
 from gql.errors import (
     BAD_REQUEST,
@@ -251,7 +251,7 @@ class GraphQLEndpoint:
             await self.persisted_queries.put(params.register_as, params.query)
         if result.errors:
             log_unexpected(result.errors)
-        return self._result_answer(request, params, document.ast, operation, result)
+        return self._result_answer(request, params, document, operation, result)
 
     def _subscription(
         self,
@@ -290,7 +290,7 @@ class GraphQLEndpoint:
         self,
         request: HttpRequest,
         params: GraphQLParams,
-        document: DocumentNode,
+        document: Document,
         operation: OperationDefinitionNode,
         result: ExecutionResult,
     ) -> Answer:
@@ -301,10 +301,8 @@ class GraphQLEndpoint:
         if request.method != "GET":
             return answer
         cache_control = PRIVATE
-        if request.authorization is None and not result.errors and params.query is not None:
-            cache_control = self.cache_policy.cache_control(
-                params.query, document, operation, params.variables
-            )
+        if request.authorization is None and not result.errors:
+            cache_control = self.cache_policy.cache_control(document, operation, params.variables)
         etag = etag_of(answer.body)
         answer.headers["Cache-Control"] = cache_control
         answer.headers["ETag"] = etag
