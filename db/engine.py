@@ -2,6 +2,8 @@
 
 import select
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.util import await_
 
 from core.settings import Settings
+from db.embedded import resolve_database_url
 
 
 def create_db_engine(url: str, settings: Settings) -> AsyncEngine:
@@ -125,3 +128,15 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     # expire_on_commit=False: objects returned by a committed use case stay readable by the
     # GraphQL layer without a lazy refresh (which `lazy="raise"` and async forbid anyway).
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def command_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine for a command (the outbox worker, the token and re-queue commands) on the
+    settings' database, the embedded one without DATABASE_URL; disposed of at the end."""
+    url = resolve_database_url(settings.database_url, settings.data_dir)
+    engine = create_db_engine(url, settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

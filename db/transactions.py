@@ -10,6 +10,9 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.settings import Settings
+from db.engine import command_engine, create_session_factory
+
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
@@ -63,3 +66,12 @@ async def run_in_transaction(
             # A little jitter so that the transactions that collided do not collide again.
             await asyncio.sleep(random.uniform(0, 0.01 * attempt))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def in_one_transaction(
+    settings: Settings, work: Callable[[AsyncSession], Awaitable[ResultT]]
+) -> ResultT:
+    """A command's one unit of work: `work` in one (retried) transaction on an engine of its
+    own (`command_engine`)."""
+    async with command_engine(settings) as engine, create_session_factory(engine)() as session:
+        return await run_in_transaction(session, work, attempts=settings.db_transaction_attempts)

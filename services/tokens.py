@@ -11,20 +11,13 @@ can capture it; only its hash is stored. `revoke` applies within AUTH_CACHE_SECO
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from core.settings import Settings, get_settings
-from db.embedded import resolve_database_url
-from db.engine import create_db_engine, create_session_factory
-from db.transactions import run_in_transaction
+from core.settings import get_settings
+from db.transactions import in_one_transaction
 from services import api_tokens
 from services.worker import parse_age
-
-T = TypeVar("T")
 
 
 def parse_expiry(text: str) -> timedelta | None:
@@ -68,18 +61,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    url = resolve_database_url(settings.database_url, settings.data_dir)
-    engine = create_db_engine(url, settings)
-    try:
-        async with create_session_factory(engine)() as session:
-            return await run_in_transaction(
-                session, work, attempts=settings.db_transaction_attempts
-            )
-    finally:
-        await engine.dispose()
-
-
 def _when(moment: datetime | None, empty: str = "-") -> str:
     return empty if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -90,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "issue":
             issued = asyncio.run(
-                _in_transaction(
+                in_one_transaction(
                     settings,
                     lambda s: api_tokens.issue_token(
                         s,
@@ -111,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(issued.token)
         elif arguments.command == "list":
             tokens = asyncio.run(
-                _in_transaction(
+                in_one_transaction(
                     settings, lambda s: api_tokens.list_tokens(s, email=arguments.email)
                 )
             )
@@ -125,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         else:
             revoked = asyncio.run(
-                _in_transaction(
+                in_one_transaction(
                     settings, lambda s: api_tokens.revoke_token(s, prefix=arguments.prefix)
                 )
             )

@@ -23,9 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 from core.tracing import start_tracing, stop_tracing
-from db.embedded import resolve_database_url
-from db.engine import create_db_engine, create_session_factory
-from db.transactions import run_in_transaction
+from db.engine import command_engine, create_session_factory
+from db.transactions import in_one_transaction, run_in_transaction
 from services import outbox, reservations
 
 logger = logging.getLogger("services.worker")
@@ -108,11 +107,9 @@ async def run_worker(
     settings: Settings, *, stop: asyncio.Event, sender: outbox.Sender | None = None
 ) -> None:
     """Deliver the outbox and sweep expired holds until `stop` is set."""
-    url = resolve_database_url(settings.database_url, settings.data_dir)
-    engine = create_db_engine(url, settings)
-    session_factory = create_session_factory(engine)
     try:
-        async with contextlib.AsyncExitStack() as stack:
+        async with command_engine(settings) as engine, contextlib.AsyncExitStack() as stack:
+            session_factory = create_session_factory(engine)
             if sender is None:
                 sender = await stack.enter_async_context(sender_from_settings(settings))
             chosen = sender
@@ -134,7 +131,6 @@ async def run_worker(
                 ),
             )
     finally:
-        await engine.dispose()
         logger.info("worker stopped")
 
 
@@ -171,16 +167,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def requeue_failed(settings: Settings, which: outbox.FailedFilter, *, dry_run: bool) -> int:
     """The `requeue-failed` command: how many matched (and, unless a dry run, were re-queued)."""
-    url = resolve_database_url(settings.database_url, settings.data_dir)
-    engine = create_db_engine(url, settings)
     work = outbox.count_failed if dry_run else outbox.requeue_failed
-    try:
-        async with create_session_factory(engine)() as session:
-            return await run_in_transaction(
-                session, lambda s: work(s, which), attempts=settings.db_transaction_attempts
-            )
-    finally:
-        await engine.dispose()
+    return await in_one_transaction(settings, lambda session: work(session, which))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
