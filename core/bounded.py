@@ -7,8 +7,9 @@ dict access (an LRU would reorder on every hit, on the hot path of every request
 is a recomputation of the common entries now and then, only under such a client.
 
 In `core/` because every layer has such a cache (`services.auth.ActorCache` too), and `services/`
-may not import the edge."""
+may not import the edge. `ExpiringCache` adds an expiry per entry, for answers trusted a while."""
 
+import time
 from collections.abc import Callable, ItemsView
 from typing import Generic, TypeVar
 
@@ -45,3 +46,29 @@ class BoundedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ExpiringCache(Generic[K, V]):
+    """A `BoundedCache` whose entries each expire: what the authentication caches (API tokens,
+    JWT subjects, verified JWTs) keep for a while and then ask again."""
+
+    __slots__ = ("_clock", "_entries")
+
+    def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: BoundedCache[K, tuple[V, float]] = BoundedCache(max_size)
+        self._clock = clock
+
+    def get(self, key: K) -> V | None:
+        """The value, or None when absent or expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._clock() < entry[1]:
+            return entry[0]
+        self._entries.discard(key)
+        return None
+
+    def put(self, key: K, value: V, ttl: float) -> None:
+        """Keep `value` for `ttl` seconds (nothing kept when `ttl` is not positive)."""
+        if ttl > 0:
+            self._entries.put(key, (value, self._clock() + ttl))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, or_, select
 
-from core.bounded import BoundedCache
+from core.bounded import ExpiringCache
 from db.compiled import Reader, compile_query, fetch
 from db.models import API_TOKEN_PREFIX_LENGTH, ApiToken, User
 from services.token_usage import TokenUsage
@@ -88,36 +88,25 @@ class ActorCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
-        self._clock = clock
-        # key -> (actor, expiry)
-        self._actors: BoundedCache[str, tuple[Actor, float]] = BoundedCache(max_size)
-        self._unknown: BoundedCache[str, float] = BoundedCache(max_size)  # key -> expiry
+        self._actors: ExpiringCache[str, Actor] = ExpiringCache(max_size, clock)
+        self._unknown: ExpiringCache[str, bool] = ExpiringCache(max_size, clock)
 
     def get(self, key: str) -> Actor | NotCached | None:
         """The actor, None for a key known to be no one's, or NOT_CACHED: look it up."""
-        now = self._clock()
-        cached = self._actors.get(key)
-        if cached is not None:
-            if now < cached[1]:
-                return cached[0]
-            self._actors.discard(key)
-        expires_at = self._unknown.get(key)
-        if expires_at is not None:
-            if now < expires_at:
-                return None
-            self._unknown.discard(key)
+        actor = self._actors.get(key)
+        if actor is not None:
+            return actor
+        if self._unknown.get(key):
+            return None
         return NOT_CACHED
 
     def remember(self, key: str, actor: Actor | None, *, at_most: float | None = None) -> None:
         """Keep the answer for `ttl` seconds, or `at_most` if shorter (a token expiring)."""
         ttl = self.ttl if at_most is None else min(self.ttl, at_most)
-        if ttl <= 0:
-            return
-        expires_at = self._clock() + ttl
         if actor is None:
-            self._unknown.put(key, expires_at)
+            self._unknown.put(key, True, ttl)
         else:
-            self._actors.put(key, (actor, expires_at))
+            self._actors.put(key, actor, ttl)
 
 
 async def actor_for_token(

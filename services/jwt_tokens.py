@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 import orjson
 
-from core.bounded import BoundedCache
+from core.bounded import ExpiringCache
 from core.settings import Settings
 from services.jwks import SigningKeys, UnknownKey
 
@@ -69,9 +69,8 @@ class JwtVerifier:
         self.roles_claim = roles_claim
         self.cache_seconds = cache_seconds
         self._clock = clock
-        # sha256 of the token -> (its claims, until when they are trusted): bounded by
-        # digests, not by tokens of up to 8 KiB.
-        self._verified: BoundedCache[bytes, tuple[VerifiedToken, float]] = BoundedCache(max_cached)
+        # sha256 of the token -> its claims: bounded by digests, not by tokens of up to 8 KiB.
+        self._verified: ExpiringCache[bytes, VerifiedToken] = ExpiringCache(max_cached, clock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JwtVerifier | None":
@@ -101,15 +100,11 @@ class JwtVerifier:
         (services.jwks) when no key could ever be loaded: the token may well be good."""
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._verified.get(digest)
-        now = self._clock()
         if cached is not None:
-            if now < cached[1]:
-                return cached[0]
-            self._verified.discard(digest)
+            return cached
         verified, expires_at = await self._verify(token)
-        until = min(now + self.cache_seconds, expires_at)
-        if until > now:
-            self._verified.put(digest, (verified, until))
+        # Trusted for cache_seconds, never past the token's own expiry.
+        self._verified.put(digest, verified, min(self.cache_seconds, expires_at - self._clock()))
         return verified
 
     async def _verify(self, token: str) -> tuple[VerifiedToken, float]:
