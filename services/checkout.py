@@ -25,9 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.correlation import current_correlation_id
 from core.settings import Settings
-from core.tracing import trace_context
 from db.arrays import equals_any
 from db.models import (
     Notification,
@@ -289,8 +287,18 @@ async def _place_from_stock(
     pids = sorted(from_stock)
     prices = [products[pid].price for pid in pids]
     quantities = [from_stock[pid] for pid in pids]
+    notification = outbox.notification_values(
+        "order.created",
+        _announced(
+            user_id=actor.user_id,
+            status=OrderStatus.CONFIRMED,
+            total=total,
+            currency=currency,
+            lines=list(zip(pids, quantities, prices, strict=True)),
+        ),
+    )
     values = {
-        "note_kind": "order.created",
+        **{f"note_{column}": value for column, value in notification.items()},
         "order_user_id": actor.user_id,
         "order_status": OrderStatus.CONFIRMED,
         "order_total": total,
@@ -299,15 +307,6 @@ async def _place_from_stock(
         "product_ids": pids,
         "quantities": quantities,
         "unit_prices": prices,
-        "note_payload": _announced(
-            user_id=actor.user_id,
-            status=OrderStatus.CONFIRMED,
-            total=total,
-            currency=currency,
-            lines=list(zip(pids, quantities, prices, strict=True)),
-        ),
-        "note_correlation_id": current_correlation_id(),
-        "note_trace_context": trace_context(),  # the delivery continues the request's trace
     }
     try:
         rows = [_columns(row) for row in await session.execute(_PLACE_FROM_STOCK, values)]

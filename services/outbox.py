@@ -37,17 +37,21 @@ MAX_ERROR_LENGTH = 2000
 _INSERT_NOTIFICATION = insert(Notification.metadata.tables[Notification.__tablename__])
 
 
-async def enqueue(session: AsyncSession, *, kind: str, payload: dict[str, Any]) -> None:
-    """Record a notification in the caller's transaction, with the current correlation ID so
-    the delivery's log lines join the request that caused it (and its trace context, so the
-    delivery joins its trace)."""
-    values = {
+def notification_values(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A notification's row: with the current correlation ID, so the delivery's log lines join
+    the request that caused it, and its trace context, so the delivery joins its trace. (The
+    one-statement order of services.checkout writes its row from these values too.)"""
+    return {
         "kind": kind,
         "payload": payload,
         "correlation_id": current_correlation_id(),
         "trace_context": trace_context(),
     }
-    await session.execute(_INSERT_NOTIFICATION, values)
+
+
+async def enqueue(session: AsyncSession, *, kind: str, payload: dict[str, Any]) -> None:
+    """Record a notification in the caller's transaction (see `notification_values`)."""
+    await session.execute(_INSERT_NOTIFICATION, notification_values(kind, payload))
 
 
 @dataclass(frozen=True, slots=True)
