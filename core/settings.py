@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     # How long a hold lasts when the client sends no ttlSeconds; within min..max.
     hold_ttl_default_seconds: int = Field(default=900, ge=1)
     db_transaction_attempts: int = Field(default=4, ge=1)
+    # A hold the stock allows, or an order from stock alone, first tried as one statement that
+    # commits on its own (its row locks last that statement only: one round trip, no ORM
+    # session); anything else, and every write when false, runs in a transaction of the ORM.
+    # False is the reference the one-statement writes are tested against (docs/decisions.md).
+    db_one_statement_writes: bool = True
 
     # Outbox worker (`python -m services.worker`) and its expired-holds sweeper.
     webhook_url: str | None = None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ClauseElement, Text, cast, event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect  # noqa: N812
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -113,3 +114,22 @@ async def fetch_by_id(
     column; ids that match no row are simply absent."""
     rows = await fetch(reader, query, keys=list(ids), **parameters)
     return {row["id"]: row for row in rows}
+
+
+# What a statement that is its own transaction can lose to a concurrent one: a deadlock, a
+# serialization failure, a unique key committed first. Run again in a transaction (retried on
+# the first two, resolved by re-reading on the third), it finds its way.
+_LOST_RACES = (asyncpg.exceptions.TransactionRollbackError, asyncpg.exceptions.UniqueViolationError)
+
+
+async def run_alone(
+    reads: PooledReads, query: CompiledQuery, **parameters: Any
+) -> list[Record] | None:
+    """Run one statement as a transaction of its own: the pooled connection runs none, so
+    PostgreSQL commits the statement when it ends, and the locks it takes last only that long.
+    For a write one statement makes whole. None when it lost a race with a concurrent
+    transaction (rolled back, nothing written): the caller then runs its transaction."""
+    try:
+        return await fetch(reads, query, **parameters)
+    except _LOST_RACES:
+        return None

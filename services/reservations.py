@@ -3,7 +3,10 @@ the hold. Whoever moves a hold out of HELD (one conditional UPDATE) is the one w
 stock, so it comes back exactly once however many releases and sweepers race for it."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -13,7 +16,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
+    literal_column,
     select,
     update,
 )
@@ -21,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
 from db.arrays import equals_any
+from db.compiled import compile_query, run_alone
 from db.models import Product, Reservation, ReservationStatus
+from db.reads import PooledReads
 from db.rows import LightRow, LightSelect
 from services import stock
 from services.auth import Actor
@@ -144,7 +149,8 @@ _TAKE_AND_HOLD = (
             bindparam("user_id", type_=BigInteger()),
             _taken.c.id,
             bindparam("quantity", type_=Integer()),
-            literal(ReservationStatus.HELD, type_=_reservations_table.c.status.type),
+            # As SQL text: the statement also runs compiled (`compile_query` binds names only).
+            literal_column(f"'{ReservationStatus.HELD.value}'"),
             func.now() + bindparam("ttl", type_=Interval()),
         ),
     )
@@ -153,17 +159,29 @@ _TAKE_AND_HOLD = (
 )
 
 
-async def reserve_product(
-    session: AsyncSession,
-    actor: Actor,
-    *,
-    product_id: int,
-    quantity: int,
-    ttl_seconds: int | None,
-    settings: Settings,
-) -> LightRow:
-    """Take `quantity` units of a product for `ttl_seconds` (None: the configured default,
-    `hold_ttl_default_seconds`); returns the HELD reservation."""
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """A hold asked for by `actor`, checked (`hold_request`)."""
+
+    user_id: int
+    product_id: int
+    quantity: int
+    ttl: timedelta
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "product_id": self.product_id,
+            "quantity": self.quantity,
+            "ttl": self.ttl,
+        }
+
+
+def hold_request(
+    actor: Actor, *, product_id: int, quantity: int, ttl_seconds: int | None, settings: Settings
+) -> HoldRequest:
+    """`quantity` units of a product for `ttl_seconds` (None: the configured default,
+    `hold_ttl_default_seconds`), within the configured bounds."""
     if ttl_seconds is None:
         ttl_seconds = settings.hold_ttl_default_seconds
     if not 1 <= quantity <= settings.max_item_quantity:
@@ -173,17 +191,37 @@ async def reserve_product(
             f"ttlSeconds must be between {settings.hold_ttl_min_seconds} "
             f"and {settings.hold_ttl_max_seconds}"
         )
-    values = {
-        "user_id": actor.user_id,
-        "product_id": product_id,
-        "quantity": quantity,
-        "ttl": timedelta(seconds=ttl_seconds),
-    }
+    return HoldRequest(actor.user_id, product_id, quantity, timedelta(seconds=ttl_seconds))
+
+
+_TAKE_AND_HOLD_ALONE = compile_query(_TAKE_AND_HOLD)
+
+
+async def reserve_in_one_statement(reads: PooledReads, request: HoldRequest) -> Any | None:
+    """The hold, if the product has the units now, taken and committed by one statement (the
+    product's row lock lasts that statement only). None: nothing was written (no such
+    product, too few units, a lost race), and `reserve_product` decides under its locks.
+    The row has the columns of `reserve_product`'s, read by attribute."""
+    rows = await run_alone(
+        reads, _TAKE_AND_HOLD_ALONE, **request.values(), **stock.correlation_parameter()
+    )
+    if not rows:
+        return None
+    row = dict(rows[0].items())
+    row["status"] = ReservationStatus(row["status"])
+    return SimpleNamespace(**row)
+
+
+async def reserve_product(session: AsyncSession, request: HoldRequest) -> LightRow:
+    """Hold the units of `request`; returns the HELD reservation. In a transaction retried on
+    `RetryTransaction`, like every write (`db.transactions.run_in_transaction`)."""
+    values = request.values()
     held = (
         await session.execute(_TAKE_AND_HOLD, {**values, **stock.correlation_parameter()})
     ).first()
     if held is not None:
         return held
+    product_id, quantity = request.product_id, request.quantity
     # No such product, or too few units: under the lock, reclaim lapsed holds or say which.
     locked = await stock.lock_products(session, [product_id])
     product = locked.get(product_id)

@@ -106,6 +106,8 @@ class StatementCounter:
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        # BEGIN, COMMIT, ROLLBACK sent by the driver: kept apart, not counted.
+        self.transaction_control: list[str] = []
 
     def on_cursor_execute(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements.append(statement)
@@ -116,7 +118,10 @@ class StatementCounter:
         # pool's pre-ping (BEGIN; ";"; ROLLBACK), and asyncpg's type introspection, run once
         # per new connection for array parameters.
         query = record.query
-        if query.startswith(TRANSACTION_CONTROL) or query == ";":
+        if query.startswith(TRANSACTION_CONTROL):
+            self.transaction_control.append(query)
+            return
+        if query == ";":
             return
         if any(mark in query for mark in DRIVER_INTROSPECTION):
             return
@@ -133,6 +138,7 @@ class StatementCounter:
 
     def reset(self) -> None:
         self.statements.clear()
+        self.transaction_control.clear()
 
 
 @pytest.fixture

@@ -35,8 +35,10 @@ mutation Create($input: CreateOrderInput!) {
 """
 
 
-@pytest.fixture
-def settings() -> Settings:
+@pytest.fixture(params=[True, False], ids=["one-statement-writes", "transactions"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Every test here runs with the one-statement writes (the default) and without them,
+    the ORM transactions they are the fast path of (tests/test_one_statement_writes.py)."""
     # Enough connections for a hundred concurrent requests to queue for, not fail on.
     return Settings(
         environment="test",
@@ -44,6 +46,7 @@ def settings() -> Settings:
         db_pool_size=20,
         db_max_overflow=30,
         db_pool_timeout=60,
+        db_one_statement_writes=request.param,
         rate_limit_enabled=False,  # a hundred orders of one user a second: no limit's business
     )
 
@@ -418,7 +421,7 @@ async def test_bad_order_input_is_bad_user_input(
 
 
 async def test_create_order_runs_the_same_statements_for_1_and_5_items(
-    factory: Factory, gql: GraphQL, statements: StatementCounter
+    factory: Factory, gql: GraphQL, statements: StatementCounter, settings: Settings
 ) -> None:
     """Pinned like Saleor's benchmarks: a new statement per item would be an N+1 in writes."""
     _, token = await factory.user()
@@ -434,11 +437,19 @@ async def test_create_order_runs_the_same_statements_for_1_and_5_items(
 
     assert one["data"]["createOrder"]["__typename"] == "CreateOrderSuccess"
     assert len(five["data"]["createOrder"]["order"]["items"]) == 5
+    if settings.db_one_statement_writes:
+        # viewer, the one call that locks, checks and writes (no BEGIN, no COMMIT: it is its
+        # own transaction), then the response's products in one loader batch.
+        assert len(for_one) == len(for_five) == 3, for_five
+        assert "place_order_from_stock" in for_five[1], for_five[1]
+        assert statements.transaction_control == []
+        return
     # viewer, idempotency-key lock, idempotency lookup, product locks, then one statement for
     # the order, the stock, the items and the outbox row (was four); then the response's
     # products in one loader batch.
     assert len(for_one) == len(for_five) == 6, for_five
     assert for_five[4].lstrip().startswith("WITH taken AS"), for_five[4]
+    assert statements.transaction_control == ["BEGIN;", "COMMIT;"], statements.transaction_control
 
 
 async def test_cancel_order_runs_the_same_statements_for_1_and_5_items(

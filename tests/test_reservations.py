@@ -40,14 +40,17 @@ query Node($id: ID!) { node(id: $id) { ... on Reservation { id status quantity }
 """
 
 
-@pytest.fixture
-def settings() -> Settings:
+@pytest.fixture(params=[True, False], ids=["one-statement-writes", "transactions"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Every test here runs with the one-statement writes (the default) and without them,
+    the ORM transactions they are the fast path of (tests/test_one_statement_writes.py)."""
     return Settings(
         environment="test",
         redis_url=None,
         db_pool_size=10,
         db_max_overflow=20,
         db_pool_timeout=60,
+        db_one_statement_writes=request.param,
         rate_limit_enabled=False,  # concurrency tests, not limit tests
     )
 
@@ -95,10 +98,11 @@ async def test_reserving_takes_stock_and_releasing_gives_it_back_once(
 
 
 async def test_a_hold_the_stock_allows_is_taken_in_one_statement(
-    factory: Factory, gql: GraphQL, statements: StatementCounter
+    factory: Factory, gql: GraphQL, statements: StatementCounter, settings: Settings
 ) -> None:
-    """The product's row lock is held for that statement and the commit only (before: lock,
-    update and insert, three round trips under the lock of a hot product)."""
+    """The product's row lock is held for that statement only (with one-statement writes: it
+    is its own transaction) or for it and the commit (before: lock, update and insert, three
+    round trips under the lock of a hot product)."""
     _, token = await factory.user()
     product = await factory.product(stock=5)
     statements.reset()
@@ -107,6 +111,10 @@ async def test_a_hold_the_stock_allows_is_taken_in_one_statement(
     writes = [s for s in statements.statements if "products" in s or "reservations" in s]
     assert len(writes) == 2, statements.statements  # the hold; the product of its selection
     assert writes[0].lstrip().startswith("WITH taken AS"), writes[0]
+    if settings.db_one_statement_writes:
+        assert statements.transaction_control == []
+    else:
+        assert statements.transaction_control == ["BEGIN;", "COMMIT;"]
 
 
 async def test_a_hold_beyond_the_stock_is_insufficient_stock(

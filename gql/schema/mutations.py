@@ -8,6 +8,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.settings import Settings
+from db.reads import PooledReads
 from db.transactions import run_in_transaction
 from gql.schema.context import Context, Info
 from gql.schema.ids import row_id_of
@@ -46,6 +47,23 @@ async def in_own_transaction(
         finally:
             # Rows loaded before the write may be stale now (a product's stock…).
             context.forget_loaded()
+
+
+async def in_one_statement(
+    context: Context, work: Callable[[PooledReads], Awaitable[ResultT | None]]
+) -> ResultT | None:
+    """`work`'s one statement, committed on its own on the request's pooled connection; None
+    when `work` wrote nothing (its case needs a transaction) or cannot run here: the setting
+    is off, the request has no pooled connection, or its session is inside a transaction."""
+    if not context.settings.db_one_statement_writes:
+        return None
+    async with context.read_turn() as reader:
+        if not isinstance(reader, PooledReads):
+            return None
+        result = await work(reader)
+    if result is not None:
+        context.forget_loaded()  # as after a transaction: loaded rows may be stale now
+    return result
 
 
 @strawberry.input
@@ -115,12 +133,20 @@ class Mutation:
     async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderPayload | None:
         context = info.context
         actor = context.require_viewer()
-        request = input.to_request(context.settings)
+        settings = context.settings
+        request = input.to_request(settings)
         try:
-            result = await in_own_transaction(
+            result = await in_one_statement(
                 context,
-                lambda s: checkout.create_order(s, actor, request, settings=context.settings),
+                lambda reads: checkout.create_order_in_one_statement(
+                    reads, actor, request, settings=settings
+                ),
             )
+            if result is None:
+                result = await in_own_transaction(
+                    context,
+                    lambda s: checkout.create_order(s, actor, request, settings=settings),
+                )
         except BusinessError as error:
             return user_error(error)  # type: ignore[return-value]
         return CreateOrderSuccess(order=_order(result), created=result.created)
@@ -144,19 +170,21 @@ class Mutation:
     ) -> ReserveProductPayload | None:
         context = info.context
         actor = context.require_viewer()
-        product_id = row_id_of(input.product_id, "Product")
         try:
-            row = await in_own_transaction(
-                context,
-                lambda s: reservations.reserve_product(
-                    s,
-                    actor,
-                    product_id=product_id,
-                    quantity=input.quantity,
-                    ttl_seconds=input.ttl_seconds,
-                    settings=context.settings,
-                ),
+            request = reservations.hold_request(
+                actor,
+                product_id=row_id_of(input.product_id, "Product"),
+                quantity=input.quantity,
+                ttl_seconds=input.ttl_seconds,
+                settings=context.settings,
             )
+            row = await in_one_statement(
+                context, lambda reads: reservations.reserve_in_one_statement(reads, request)
+            )
+            if row is None:
+                row = await in_own_transaction(
+                    context, lambda s: reservations.reserve_product(s, request)
+                )
         except BusinessError as error:
             return user_error(error)  # type: ignore[return-value]
         return ReserveProductSuccess(reservation=Reservation.from_row(row))
