@@ -9,7 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.logging import configure_logging
 from core.redis import RedisCircuit, create_redis
@@ -24,7 +24,7 @@ from gql.engine.internals import graphql_schema_of
 from gql.schema.build import schema
 from gql.transport.apq import PersistedQueries, load_manifest
 from gql.transport.authentication import Authenticator
-from gql.transport.endpoint import GraphQLEndpoint
+from gql.transport.endpoint import GRAPHQL_PATH, GraphQLEndpoint
 from gql.transport.graphiql import assets_router
 from gql.transport.health import router as health_router
 from gql.transport.metrics import OPERATION_NAMES
@@ -52,6 +52,20 @@ class EdgeApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return self.edge(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`/graphql` goes straight into the edge, as Starlette's own `__call__` sends every
+        request; FastAPI's `__call__` first asks its request telemetry whether OpenTelemetry
+        is configured (environment lookups on every request, 4% of a point read's
+        instructions) and is none of the GraphQL path's business: its spans are the edge's
+        (gql/transport/tracing.py). Other paths and the lifespan go through FastAPI's."""
+        if scope["type"] == "lifespan" or scope["path"] != GRAPHQL_PATH or self.root_path:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.utils import ClientDisconnected
 
 from gql.schema.ids import to_global_id
+from gql.transport.middleware import new_correlation_id
 from gql.transport.ratelimit import client_ip
 from tests.conftest import StatementCounter, error_codes, graphql_post_scope
 from tests.edge_support import app_client, captured_logs, free_port
@@ -69,6 +70,22 @@ async def test_a_forged_or_oversized_correlation_id_is_replaced_and_logged_as_se
     assert response.json()["errors"][0]["extensions"]["correlationId"] == sent_back
     errors = [line for line in logs.lines if line["level"] == "ERROR"]
     assert [line["correlation_id"] for line in errors] == [sent_back]
+
+
+def test_a_new_correlation_id_is_a_random_uuid4_written_as_uuid_writes_it() -> None:
+    made = [new_correlation_id() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text_id in made:
+        parsed = uuid.UUID(text_id)
+        assert str(parsed) == text_id  # the library's own text of it
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every bit that uuid4 leaves random is random here too: each seen both ways.
+    bits = [uuid.UUID(text_id).int for text_id in made]
+    fixed = uuid.UUID(int=(0xF000 << 64) | (0xC000 << 48)).int  # version and variant bits
+    for bit in range(128):
+        if not fixed >> bit & 1:
+            assert {value >> bit & 1 for value in bits} == {0, 1}, bit
 
 
 async def test_background_tasks_log_with_the_request_correlation_id(

@@ -2,8 +2,8 @@
 task, where the correlation ID's ContextVar would not reach background tasks)."""
 
 import logging
+import os
 import re
-import uuid
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -41,7 +41,17 @@ def correlation_id_from(value: bytes | None) -> str:
             text = ""
         if _WELL_FORMED.match(text):
             return text
-    return str(uuid.uuid4())
+    return new_correlation_id()
+
+
+def new_correlation_id() -> str:
+    """A random UUID (version 4), as `str(uuid.uuid4())` writes it, for half its cost: the
+    `UUID` object in between is checked, converted and formatted for nothing."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class CorrelationIdMiddleware:
