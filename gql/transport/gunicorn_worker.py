@@ -16,6 +16,7 @@ from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from core.settings import get_settings
 from gql.transport.access_log import redact_query_string
+from gql.transport.http_protocol import BatchedWritesHttpToolsProtocol
 
 GC_YOUNG_THRESHOLD = 5000
 
@@ -185,7 +186,8 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 
     CONFIG_KWARGS = {
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, a response's head and body written together (gql/transport/http_protocol.py).
+        "http": BatchedWritesHttpToolsProtocol,
         "access_log": False,
         "proxy_headers": False,
     }
