@@ -22,6 +22,7 @@ from gql.engine.documents import DocumentCache
 from gql.engine.executor import Executor
 from gql.engine.internals import graphql_schema_of
 from gql.schema.build import schema
+from gql.schema.queries import POINT_READS
 from gql.transport.apq import PersistedQueries, load_manifest
 from gql.transport.authentication import Authenticator
 from gql.transport.endpoint import GRAPHQL_PATH, GraphQLEndpoint
@@ -183,7 +184,7 @@ def create_app(
         settings=settings,
         documents=documents,
         # EXECUTOR is read here only.
-        executor=Executor.chosen(graphql_schema, settings.executor),
+        executor=Executor.chosen(graphql_schema, settings.executor, POINT_READS),
         rate_limiter=RateLimiter(settings, redis, circuit),
         persisted_queries=PersistedQueries(settings, redis, circuit, manifest=manifest),
         state=app.state,

@@ -428,6 +428,39 @@ REGRESSIONS: list[Case] = [
 ]
 
 
+# Point reads (gql/engine/point_reads.py): the compiled executor answers a warm `product(id:)`
+# alone without graphql-core's `execute`, and steps aside for everything it does not fit.
+_POINT_READ = "query P($id: ID!) { product(id: $id) { id name kind stock price { amount } } }"
+_PRODUCT = to_global_id("Product", 1)
+REGRESSIONS += [
+    Case(_POINT_READ, {"id": _PRODUCT}, "P"),
+    Case(_POINT_READ, {"id": to_global_id("Product", 999_999)}),
+    Case(_POINT_READ, {"id": to_global_id("Order", 1)}, "P"),
+    Case(_POINT_READ, {"id": "not-an-id"}),
+    Case(_POINT_READ, {"id": 1}),
+    Case(_POINT_READ, {"id": None}),
+    Case(_POINT_READ, {}),
+    Case(_POINT_READ, {"id": _PRODUCT, "unused": True}),
+    Case(f'{{ item: product(id: "{_PRODUCT}") {{ __typename id name }} }}'),
+    Case(f'query {{ product(id: "{_PRODUCT}") {{ ...F kind }} }} fragment F on Product {{ sku }}'),
+    Case(
+        "query P($id: ID!, $b: Boolean!) { product(id: $id) { id name @include(if: $b) } }",
+        {"id": _PRODUCT, "b": True},
+    ),
+    Case("query P($id: ID) { product(id: $id) { id } }", {"id": _PRODUCT}),
+    Case('query P($id: ID! = "x") { product(id: $id) { id } }', {"id": _PRODUCT}),
+    Case(
+        "query P($id: ID!) { product(id: $id) { id } } query Q { me { id } }",
+        {"id": _PRODUCT},
+        "P",
+    ),
+    Case(
+        "query P($id: ID!) { a: product(id: $id) { id } b: product(id: $id) { name } }",
+        {"id": _PRODUCT},
+    ),
+]
+
+
 def test_compiled_and_reference_executors_answer_alike(database_url: str) -> None:
     loop = _Loop()
     world = loop.run(World.open(database_url))

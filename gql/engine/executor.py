@@ -3,7 +3,7 @@ with the execution context the EXECUTOR setting chose (docs/execution.md): our c
 (`gql.engine.plans`), or graphql-core's reference behaviour as Strawberry runs it. One interface,
 so the pipeline (`gql.transport.endpoint`) does not know which one runs."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
 from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute, subscribe
@@ -11,6 +11,7 @@ from graphql.execution import Executor as ExecutionContext
 
 from gql.engine.internals import StrawberryExecutionContext, is_awaitable
 from gql.engine.plans import CompiledExecutionContext
+from gql.engine.point_reads import PointLoad, PointReads
 from gql.schema.context import Context
 
 # The execution context of each EXECUTOR setting. The reference is graphql-core's executor as
@@ -23,14 +24,26 @@ EXECUTION_CONTEXTS: dict[str, type[ExecutionContext[Any]]] = {
 
 class Executor:
     @classmethod
-    def chosen(cls, schema: GraphQLSchema, setting: Literal["compiled", "reference"]) -> "Executor":
-        return cls(schema, EXECUTION_CONTEXTS[setting])
+    def chosen(
+        cls,
+        schema: GraphQLSchema,
+        setting: Literal["compiled", "reference"],
+        point_loads: Mapping[str, PointLoad],
+    ) -> "Executor":
+        """The compiled executor answers point reads itself (`gql.engine.point_reads`, with
+        `point_loads`, the root fields' loads by field name); the reference never does."""
+        point_reads = PointReads(schema, point_loads) if setting == "compiled" else None
+        return cls(schema, EXECUTION_CONTEXTS[setting], point_reads)
 
     def __init__(
-        self, schema: GraphQLSchema, execution_context_class: type[ExecutionContext[Any]]
+        self,
+        schema: GraphQLSchema,
+        execution_context_class: type[ExecutionContext[Any]],
+        point_reads: PointReads | None = None,
     ) -> None:
         self.schema = schema
         self.execution_context_class = execution_context_class
+        self.point_reads = point_reads
 
     async def execute(
         self,
@@ -40,6 +53,10 @@ class Executor:
         variables: dict[str, Any] | None,
         context: Context,
     ) -> ExecutionResult:
+        if self.point_reads is not None:
+            answered = await self.point_reads.execute(document, operation_name, variables, context)
+            if answered is not None:
+                return answered
         outcome = execute(
             self.schema, document, **self._arguments(operation_name, variables, context)
         )

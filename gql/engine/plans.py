@@ -69,6 +69,22 @@ def _not_ready() -> Any:
     raise NotReady
 
 
+def _cached(
+    object_type: GraphQLObjectType, nodes: tuple[FieldNode, ...]
+) -> tuple[tuple[FieldNode, ...], Plan | None] | None:
+    cached = _plans.get((object_type, tuple(map(id, nodes))))
+    if cached is not None and all(a is b for a, b in zip(cached[0], nodes, strict=True)):
+        return cached
+    return None
+
+
+def compiled_plan(object_type: GraphQLObjectType, nodes: tuple[FieldNode, ...]) -> Plan | None:
+    """The plan completing `object_type` for these field nodes, if an execution already
+    compiled one (None too when it found the selection not compilable)."""
+    cached = _cached(object_type, nodes)
+    return None if cached is None else cached[1]
+
+
 class _PlanWriter:
     """Writes one Python function per object selection: straight-line attribute reads, checks
     and leaf conversions, so completing a field costs no call of its own (cf. graphql-jit)."""
@@ -159,15 +175,14 @@ class CompiledExecutionContext(StrawberryExecutionContext):
 
     def _plan(self, object_type: GraphQLObjectType, details: Sequence[FieldDetails]) -> Plan | None:
         nodes = tuple(detail.node for detail in details)
-        key = (object_type, tuple(map(id, nodes)))
-        cached = _plans.get(key)
-        if cached is not None and all(a is b for a, b in zip(cached[0], nodes, strict=True)):
+        cached = _cached(object_type, nodes)
+        if cached is not None:
             return cached[1]
         try:
             plan: Plan | None = self._compile_object(object_type, details)
         except NotCompilable:
             plan = None
-        _plans.put(key, (nodes, plan))
+        _plans.put((object_type, tuple(map(id, nodes))), (nodes, plan))
         return plan
 
     def _compile_object(

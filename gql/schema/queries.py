@@ -195,6 +195,11 @@ async def _product(context: Context, row_id: int) -> Product | None:
     return None if row is None else Product.from_row(row)
 
 
+async def product_by_global_id(context: Context, id: str) -> Product | None:
+    """`product(id:)`: also the point read's load (`POINT_READS`)."""
+    return await _product(context, row_id_of(id, "Product"))
+
+
 async def _user(context: Context, row_id: int) -> User | None:
     row = await context.loader(UserByIdLoader).load(row_id)
     return None if row is None else User.from_row(row)
@@ -231,7 +236,7 @@ class Query:
 
     @strawberry.field
     async def product(self, info: Info, id: strawberry.ID) -> Product | None:
-        return await _product(info.context, row_id_of(id, "Product"))
+        return await product_by_global_id(info.context, id)
 
     @strawberry.field(description=PRODUCTS_DESCRIPTION)  # type: ignore[untyped-decorator]
     async def products(
@@ -342,3 +347,9 @@ class Query:
             ),
         )
         return _own_connection(nodes, "reservations", page, subtree(tree, "edges"), total)
+
+
+# Root fields that read one object by its ID, with their loads: the compiled executor answers
+# an operation made of one of them alone without graphql-core's `execute`
+# (gql/engine/point_reads.py).
+POINT_READS = {"product": product_by_global_id}
