@@ -34,9 +34,23 @@ class PooledReads:
     async def release(self) -> None:
         """Back to the pool (reset there: it ran no transaction, so no round trip)."""
         connection, self._connection = self._connection, None
-        if connection is not None:
-            # The pool's reset may await the driver: SQLAlchemy's sync code needs its greenlet.
+        if connection is None:
+            return
+        driver = connection.driver_connection
+        if driver.is_in_transaction():
+            # Begun on the driver, unknown to SQLAlchemy (whose reset would leave it open):
+            # nothing here does that, but a connection in a stray transaction is not reused.
+            await greenlet_spawn(connection.invalidate)
+            return
+        if driver.is_closed():
+            # The pool's handling of a closed connection awaits the driver: SQLAlchemy's sync
+            # code then needs its greenlet.
             await greenlet_spawn(connection.close)
+            return
+        # An open connection in no transaction: the pool's reset and check-in await nothing,
+        # so they run here, without the greenlet's hop (a third of checkout and release;
+        # tests/test_request_connections.py pins that nothing awaits on this path).
+        connection.close()
 
     async def invalidate(self, error: BaseException) -> None:
         """The connection failed: the pool discards it instead of handing it out again."""

@@ -126,3 +126,31 @@ async def test_two_writes_and_their_reads_take_turns_on_one_connection(
     assert stocks == [4, 3]  # each read after its own write
     assert checked_out.most == 1
     assert checked_out.now == 0
+
+
+async def test_an_idle_read_connection_goes_back_to_the_pool_without_awaiting(
+    app: FastAPI,
+) -> None:
+    """`PooledReads.release` checks in an open connection outside SQLAlchemy's greenlet: it
+    relies on the pool's reset and check-in awaiting nothing for a connection that ran no
+    transaction. If an upgrade makes them await, SQLAlchemy raises MissingGreenlet here."""
+    from db.reads import PooledReads  # noqa: PLC0415
+
+    engine = app.state.engine
+    pool = engine.sync_engine.pool
+    reads = PooledReads(engine)
+    for _ in range(3):
+        driver = await reads.driver()
+        assert await driver.fetchval("SELECT 1") == 1
+        assert not driver.is_in_transaction()
+        out_before = pool.checkedout()
+        await reads.release()
+        assert pool.checkedout() == out_before - 1
+    # A connection left in a transaction on the driver is discarded, not handed out again.
+    stray = await reads.driver()
+    await stray.execute("BEGIN")
+    await reads.release()
+    assert stray.is_closed()
+    driver = await reads.driver()
+    assert driver is not stray and not driver.is_in_transaction()
+    await reads.release()
