@@ -24,10 +24,10 @@ class TurnBatchedTransport:
     other call goes through; `close` and `write_eof` send what is pending first, `abort`
     drops it."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_inner", "_loop", "_pending")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
+        self._inner = transport
         self._loop = loop
         self._pending: list[bytes] = []
 
@@ -43,27 +43,27 @@ class TurnBatchedTransport:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        if not pending or self._transport.is_closing():
+        if not pending or self._inner.is_closing():
             return
-        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._inner.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+        return self._inner.get_write_buffer_size() + sum(map(len, self._pending))
 
     def close(self) -> None:
         self._flush()
-        self._transport.close()
+        self._inner.close()
 
     def write_eof(self) -> None:
         self._flush()
-        self._transport.write_eof()
+        self._inner.write_eof()
 
     def abort(self) -> None:
         self._pending = []
-        self._transport.abort()
+        self._inner.abort()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        return getattr(self._inner, name)
 
 
 class BatchedWritesHttpToolsProtocol(HttpToolsProtocol):
