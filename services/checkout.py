@@ -180,6 +180,8 @@ async def create_order_in_one_statement(
     if request.reservation_ids:
         return None
     lines = sorted(request.lines, key=lambda line: line.product_id)
+    # The outbox row's values as `enqueue` writes them, but the payload: the function builds
+    # it (as `_announcement` does) from what it read under its locks.
     notification = outbox.notification_values("order.created", {})
     trace = notification["trace_context"]
     rows = await run_alone(
