@@ -6,9 +6,17 @@ so the pipeline (`gql.transport.endpoint`) does not know which one runs."""
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from graphql import DocumentNode, ExecutionResult, GraphQLSchema, execute, subscribe
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    execute,
+    subscribe,
+)
 from graphql.execution import Executor as ExecutionContext
 
+from gql.engine.documents import Document
 from gql.engine.internals import StrawberryExecutionContext, is_awaitable
 from gql.engine.plans import CompiledExecutionContext
 from gql.engine.point_reads import PointLoad, PointReads
@@ -47,18 +55,21 @@ class Executor:
 
     async def execute(
         self,
-        document: DocumentNode,
+        document: Document,
+        operation: OperationDefinitionNode,
         *,
-        operation_name: str | None,
         variables: dict[str, Any] | None,
         context: Context,
     ) -> ExecutionResult:
+        """`operation` of the parsed, validated `document` (`Document.operation` chose it)."""
         if self.point_reads is not None:
-            answered = await self.point_reads.execute(document, operation_name, variables, context)
+            answered = await self.point_reads.execute(document, operation, variables, context)
             if answered is not None:
                 return answered
+        assert document.ast is not None
+        operation_name = operation.name.value if operation.name else None
         outcome = execute(
-            self.schema, document, **self._arguments(operation_name, variables, context)
+            self.schema, document.ast, **self._arguments(operation_name, variables, context)
         )
         if is_awaitable(outcome):
             outcome = await outcome

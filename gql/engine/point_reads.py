@@ -36,14 +36,12 @@ from graphql import (
     VariableNode,
 )
 
-from core.bounded import BoundedCache
+from gql.engine.documents import Document
 from gql.engine.plans import compiled_plan
 from gql.schema.context import Context
 
 PointLoad = Callable[[Context, str], Awaitable[Any]]
 """A root field's read of one object by its global ID, as its resolver does it."""
-
-MAX_SHAPES = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +61,17 @@ class PointReads:
         query_type = schema.query_type
         self._fields = query_type.fields if query_type is not None else {}
         self._loads = loads
-        # (document id, operation name) -> (the document, kept alive so ids stay unique; the
-        # shape or None)
-        self._shapes: BoundedCache[tuple[int, str | None], tuple[DocumentNode, _Shape | None]] = (
-            BoundedCache(MAX_SHAPES)
-        )
 
     async def execute(
         self,
-        document: DocumentNode,
-        operation_name: str | None,
+        document: Document,
+        operation: OperationDefinitionNode,
         variables: Mapping[str, Any] | None,
         context: Context,
     ) -> ExecutionResult | None:
         """The operation's result, or None: the general path answers it."""
-        shape = self._shape(document, operation_name)
+        # Worked out once per operation of the document, kept with it (`Document.per_operation`).
+        shape = document.per_operation(operation, self._shape_of)
         plan = None if shape is None else compiled_plan(shape.object_type, (shape.field_node,))
         if shape is None or plan is None:
             return None
@@ -95,23 +89,13 @@ class PointReads:
         except Exception:
             return None
 
-    def _shape(self, document: DocumentNode, operation_name: str | None) -> _Shape | None:
-        key = (id(document), operation_name)
-        cached = self._shapes.get(key)
-        if cached is not None and cached[0] is document:
-            return cached[1]
-        operation = _operation(document, operation_name)
-        shape = None if operation is None else self._read_shape(operation)
-        self._shapes.put(key, (document, shape))
-        return shape
-
-    def _read_shape(self, operation: OperationDefinitionNode) -> _Shape | None:
-        """The point read `operation` is: one root field with a registered load, a nullable
-        object type, an `id: ID!` argument from a string or the only variable."""
-        selections = operation.selection_set.selections
-        if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+    def _shape_of(self, _ast: DocumentNode, operation: OperationDefinitionNode) -> _Shape | None:
+        """The point read `operation` is: a query without directives of one root field with a
+        registered load, a nullable object type, an `id: ID!` argument from a string or the
+        only variable."""
+        node = _only_field(operation)
+        if node is None:
             return None
-        node = selections[0]
         name = node.name.value
         load = self._loads.get(name)
         field = self._fields.get(name)
@@ -130,20 +114,14 @@ class PointReads:
         return _Shape(response_key, node, field.type, load, *source)
 
 
-def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
-    """The query `name` selects in `document`, without directives of its own."""
-    operations = [
-        definition
-        for definition in document.definitions
-        if isinstance(definition, OperationDefinitionNode)
-        and (name is None or (definition.name is not None and definition.name.value == name))
-    ]
-    if len(operations) != 1:
-        return None
-    [operation] = operations
+def _only_field(operation: OperationDefinitionNode) -> FieldNode | None:
+    """The root field of a query without directives that selects it alone."""
     if operation.operation is not OperationType.QUERY or operation.directives:
         return None
-    return operation
+    selections = operation.selection_set.selections
+    if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+        return None
+    return selections[0]
 
 
 def _id_source(

@@ -235,10 +235,7 @@ class GraphQLEndpoint:
                 return self._subscription(request, receive, params, document.ast, context)
             started = time.perf_counter()
             result = await self.executor.execute(
-                document.ast,
-                operation_name=params.operation_name,
-                variables=params.variables,
-                context=context,
+                document, operation, variables=params.variables, context=context
             )
             operation_event("graphql.execute")
             observe_latency(

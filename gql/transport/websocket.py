@@ -332,10 +332,7 @@ class WebSocketConnection:
             context = self._context()
             try:
                 result = await self.server.executor.execute(
-                    document.ast,
-                    operation_name=operation_name,
-                    variables=variables,
-                    context=context,
+                    document, definition, variables=variables, context=context
                 )
             finally:
                 await context.close()
