@@ -212,15 +212,20 @@ async def reserve_in_one_statement(reads: PooledReads, request: HoldRequest) -> 
     return SimpleNamespace(**row)
 
 
-async def reserve_product(session: AsyncSession, request: HoldRequest) -> LightRow:
+async def reserve_product(
+    session: AsyncSession, request: HoldRequest, *, take_first: bool = True
+) -> LightRow:
     """Hold the units of `request`; returns the HELD reservation. In a transaction retried on
-    `RetryTransaction`, like every write (`db.transactions.run_in_transaction`)."""
+    `RetryTransaction`, like every write (`db.transactions.run_in_transaction`). Not
+    `take_first`: `reserve_in_one_statement` just found the hold not takeable at once, so the
+    product is locked straight away (a hot product that sold out costs one round trip less)."""
     values = request.values()
-    held = (
-        await session.execute(_TAKE_AND_HOLD, {**values, **stock.correlation_parameter()})
-    ).first()
-    if held is not None:
-        return held
+    if take_first:
+        held = (
+            await session.execute(_TAKE_AND_HOLD, {**values, **stock.correlation_parameter()})
+        ).first()
+        if held is not None:
+            return held
     product_id, quantity = request.product_id, request.quantity
     # No such product, or too few units: under the lock, reclaim lapsed holds or say which.
     locked = await stock.lock_products(session, [product_id])

@@ -117,6 +117,21 @@ async def test_a_hold_the_stock_allows_is_taken_in_one_statement(
         assert statements.transaction_control == ["BEGIN;", "COMMIT;"]
 
 
+async def test_a_hold_refused_sends_its_take_statement_once(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    """A hold the one statement could not take goes to the lock at once: the conditional
+    take is not sent again inside the transaction (with or without one-statement writes)."""
+    _, token = await factory.user()
+    product = await factory.product(stock=1)
+    statements.reset()
+    refused = await reserve(gql, token, product, 2)
+    assert refused["__typename"] == "InsufficientStock"
+    takes = [s for s in statements.statements if s.lstrip().startswith("WITH taken AS")]
+    assert len(takes) == 1, statements.statements
+    assert any("FOR UPDATE" in s for s in statements.statements), statements.statements
+
+
 async def test_a_hold_beyond_the_stock_is_insufficient_stock(
     factory: Factory, gql: GraphQL
 ) -> None:

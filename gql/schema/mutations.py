@@ -49,21 +49,27 @@ async def in_own_transaction(
             context.forget_loaded()
 
 
-async def in_one_statement(
-    context: Context, work: Callable[[PooledReads], Awaitable[ResultT | None]]
-) -> ResultT | None:
-    """`work`'s one statement, committed on its own on the request's pooled connection; None
-    when `work` wrote nothing (its case needs a transaction) or cannot run here: the setting
-    is off, the request has no pooled connection, or its session is inside a transaction."""
-    if not context.settings.db_one_statement_writes:
-        return None
-    async with context.read_turn() as reader:
-        if not isinstance(reader, PooledReads):
-            return None
-        result = await work(reader)
-    if result is not None:
-        context.forget_loaded()  # as after a transaction: loaded rows may be stale now
-    return result
+async def in_one_statement_or_transaction(
+    context: Context,
+    alone: Callable[[PooledReads], Awaitable[ResultT | None]],
+    work: Callable[[AsyncSession, bool], Awaitable[ResultT]],
+) -> ResultT:
+    """A write that one statement can make whole in its common case (DB_ONE_STATEMENT_WRITES):
+    `alone`'s statement, committed on its own on the request's pooled connection; when it
+    wrote nothing (None: its case needs the transaction's rules) or could not run (the setting
+    is off, no pooled connection, the session inside a transaction), `work` in a transaction
+    of its own, told whether `alone` ran and declined (so it need not send that statement
+    again)."""
+    declined = False
+    if context.settings.db_one_statement_writes:
+        async with context.read_turn() as reader:
+            if isinstance(reader, PooledReads):
+                result = await alone(reader)
+                if result is not None:
+                    context.forget_loaded()  # as after a transaction: loaded rows may be stale
+                    return result
+                declined = True
+    return await in_own_transaction(context, lambda session: work(session, declined))
 
 
 @strawberry.input
@@ -136,17 +142,16 @@ class Mutation:
         settings = context.settings
         request = input.to_request(settings)
         try:
-            result = await in_one_statement(
+            result = await in_one_statement_or_transaction(
                 context,
                 lambda reads: checkout.create_order_in_one_statement(
                     reads, actor, request, settings=settings
                 ),
+                # A declined statement locked and wrote nothing: the transaction starts over.
+                lambda session, _declined: checkout.create_order(
+                    session, actor, request, settings=settings
+                ),
             )
-            if result is None:
-                result = await in_own_transaction(
-                    context,
-                    lambda s: checkout.create_order(s, actor, request, settings=settings),
-                )
         except BusinessError as error:
             return user_error(error)  # type: ignore[return-value]
         return CreateOrderSuccess(order=_order(result), created=result.created)
@@ -178,13 +183,13 @@ class Mutation:
                 ttl_seconds=input.ttl_seconds,
                 settings=context.settings,
             )
-            row = await in_one_statement(
-                context, lambda reads: reservations.reserve_in_one_statement(reads, request)
+            row = await in_one_statement_or_transaction(
+                context,
+                lambda reads: reservations.reserve_in_one_statement(reads, request),
+                lambda session, declined: reservations.reserve_product(
+                    session, request, take_first=not declined
+                ),
             )
-            if row is None:
-                row = await in_own_transaction(
-                    context, lambda s: reservations.reserve_product(s, request)
-                )
         except BusinessError as error:
             return user_error(error)  # type: ignore[return-value]
         return ReserveProductSuccess(reservation=Reservation.from_row(row))
