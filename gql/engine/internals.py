@@ -1,10 +1,11 @@
-"""The private internals of Strawberry, graphql-core and `limits` we rely on, and nothing else.
+"""The private internals of Strawberry, graphql-core, `limits` and aiodataloader we rely on,
+and nothing else.
 
-Pinned against strawberry-graphql 0.341.2, graphql-core 3.3.2 and limits 5.8.0
-(constraints.txt). Every private attribute, undocumented key or "for internal use only" hook of
-those libraries that
-the edge touches is read here and only here, behind a small typed function; the rest of `gql/`
-imports these names instead. `tests/test_library_internals.py` pins the behaviour each one is
+Pinned against strawberry-graphql 0.341.2, graphql-core 3.3.2, limits 5.8.0 and aiodataloader
+0.4.3 (constraints.txt). Every private attribute, undocumented key or "for internal use only"
+hook of those libraries that the edge touches is read here and only here, behind a small typed
+function or class; the rest of `gql/` imports these names instead.
+`tests/test_library_internals.py` (and `tests/test_loaders.py`) pin the behaviour each one is
 relied on for, so an upgrade that changes it fails there, loudly, rather than somewhere in the
 compiled executor (docs/execution.md, "Private library internals we rely on").
 
@@ -34,11 +35,17 @@ What each name wraps, and who relies on it:
   registered moving-window Lua script (`lua_acquire_moving_window`, called with `[key]` and
   `[timestamp, limit, expiry, amount]` as its own `acquire_entry` does), its key prefixing and
   its client (`gql.transport.ratelimit` sends the hits of one loop turn as one pipeline).
+- `CheapDataLoader`: aiodataloader's `DataLoader` given its state (`loop`, `_cache`, `_queue`)
+  without its `__init__`, and its queue (`Loader`, `dispatch_queue`) scheduled without the
+  task it makes for the hop (`gql.schema.loaders`; `tests/test_loaders.py` compares batches,
+  values and the starting state with the library's own loader).
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeGuard, cast
 
+from aiodataloader import DataLoader, Loader, dispatch_queue
 from graphql import GraphQLField, GraphQLObjectType, GraphQLResolveInfo, GraphQLSchema
 from graphql.execution.collect_fields import FieldDetails, FragmentDetails, GroupedFieldSet
 from strawberry import Schema
@@ -51,6 +58,7 @@ from strawberry.types import Info
 from strawberry.types.field import StrawberryField
 
 __all__ = [
+    "CheapDataLoader",
     "FieldDetails",
     "FragmentDetails",
     "GroupedFieldSet",
@@ -121,3 +129,32 @@ def moving_window_acquire(storage: Any) -> tuple[Any, Callable[[str], str], Any]
     function prefixing a key as the storage does, and the redis-py client it runs on."""
     bridge = storage.bridge
     return bridge.lua_acquire_moving_window, bridge.prefixed_key, bridge.get_connection()
+
+
+class CheapDataLoader(DataLoader[Any, Any]):
+    """aiodataloader's DataLoader with no options, made and scheduled more cheaply: what each
+    step leaves behind is the library's."""
+
+    def __init__(self) -> None:
+        # The state `DataLoader.__init__` gives a loader with no options, without its check
+        # that `batch_load_fn` is a coroutine function (asyncio.iscoroutinefunction, as much
+        # as the rest of `load`): `__init_subclass__` checks it once per class.
+        self.loop = asyncio.get_event_loop()
+        self._cache: dict[Any, asyncio.Future[Any]] = {}
+        self._queue: list[Loader] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        batch_load_fn = getattr(cls, "batch_load_fn", None)
+        assert batch_load_fn is None or asyncio.iscoroutinefunction(batch_load_fn), cls
+
+    def get_cache_key(self, key: Any) -> Any:
+        return key
+
+    def do_resolve_reject(self, key: Any, future: "asyncio.Future[Any]") -> None:
+        """Queue the key; the queue's first key schedules its dispatch two turns of the loop
+        from now, when the library's would run (it schedules a callback that starts a task),
+        so loads batch as they did, without the task the library makes for the hop."""
+        self._queue.append(Loader(key=key, future=future))
+        if len(self._queue) == 1:
+            self.loop.call_soon(self.loop.call_soon, dispatch_queue, self)

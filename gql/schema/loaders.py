@@ -1,13 +1,11 @@
 """Per-request DataLoaders: each batches its keys into one `= ANY(:keys)` statement and
 answers in key order. They hand back light rows; the types turn rows into GraphQL objects."""
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiodataloader import DataLoader, Loader, dispatch_queue
-
 from db.compiled import Reader
+from gql.engine.internals import CheapDataLoader
 from services import catalog, orders, reservations, users
 from services.auth import Actor
 
@@ -19,37 +17,15 @@ Row = Any
 ReadableByIds = Callable[[Reader, Actor, Sequence[int]], Awaitable[Mapping[int, Row]]]
 
 
-class _RequestLoader(DataLoader[Any, Any]):
-    """aiodataloader's DataLoader, made and scheduled more cheaply: a request makes its loaders
-    anew, and a point read is one `load`. What each step leaves behind is the library's, which
-    `tests/test_loaders.py` compares with the library's own."""
+class _RequestLoader(CheapDataLoader):
+    """A loader of one request (see `CheapDataLoader`: a request makes its loaders anew)."""
 
     # Each subclass defines it as a method; it takes any sequence of keys (`load_level`).
     batch_load_fn: Callable[[Sequence[Any]], Coroutine[Any, Any, list[Any]]]
 
     def __init__(self, context: "Context") -> None:
-        # The state `DataLoader.__init__` gives a loader with no options, without its check
-        # that `batch_load_fn` is a coroutine function (asyncio.iscoroutinefunction, as much
-        # as the rest of `load`): `__init_subclass__` checks it once per class.
-        self.loop = asyncio.get_event_loop()
-        self._cache: dict[Any, asyncio.Future[Any]] = {}
-        self._queue: list[Loader] = []
+        super().__init__()
         self.context = context
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        assert asyncio.iscoroutinefunction(cls.batch_load_fn), cls
-
-    def get_cache_key(self, key: Any) -> Any:
-        return key
-
-    def do_resolve_reject(self, key: Any, future: "asyncio.Future[Any]") -> None:
-        """Queue the key; the queue's first key schedules its dispatch two turns of the loop
-        from now, when the library's would run (it schedules a callback that starts a task),
-        so loads batch as they did, without the task the library makes for the hop."""
-        self._queue.append(Loader(key=key, future=future))
-        if len(self._queue) == 1:
-            self.loop.call_soon(self.loop.call_soon, dispatch_queue, self)
 
     async def load_level(self, keys: Sequence[Any], *, alone: bool) -> list[Any]:
         """A level's distinct keys in one batch. Below a list field (`alone`) the level is
