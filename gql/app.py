@@ -9,6 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.logging import configure_logging
@@ -63,10 +64,7 @@ class EdgeApp(FastAPI):
         if scope["type"] == "lifespan" or scope["path"] != GRAPHQL_PATH or self.root_path:
             await super().__call__(scope, receive, send)
             return
-        scope["app"] = self
-        if self.middleware_stack is None:
-            self.middleware_stack = self.build_middleware_stack()
-        await self.middleware_stack(scope, receive, send)
+        await Starlette.__call__(self, scope, receive, send)
 
 
 @asynccontextmanager
