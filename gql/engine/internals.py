@@ -18,6 +18,8 @@ What each name wraps, and who relies on it:
 - `strawberry_field_of`: the `"strawberry-definition"` key (`DEFINITION_BACKREF`) of a GraphQL
   field's extensions, the StrawberryField behind it (`gql.engine.plans`: the Python attribute
   and the class that declares the field).
+- `input_definitions`: the same key on input object types, the Strawberry definitions whose
+  `from_input` hook `gql.engine.inputs` sets (tests/test_input_builders.py finds them all).
 - `is_default_resolver`: the `_is_default` mark Strawberry sets on a field's resolver
   (`gql.engine.plans`: a plain attribute read, which a plan may inline).
 - `StrawberryExecutionContext`: `strawberry.schema.schema.StrawberryGraphQLCoreExecutionContext`,
@@ -46,7 +48,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeGuard, cast
 
 from aiodataloader import DataLoader, Loader, dispatch_queue
-from graphql import GraphQLField, GraphQLObjectType, GraphQLResolveInfo, GraphQLSchema
+from graphql import (
+    GraphQLField,
+    GraphQLInputObjectType,
+    GraphQLObjectType,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+)
 from graphql.execution.collect_fields import FieldDetails, FragmentDetails, GroupedFieldSet
 from strawberry import Schema
 from strawberry.execution import optimized_is_awaitable
@@ -55,6 +63,7 @@ from strawberry.schema.schema import (
 )
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types import Info
+from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
 
 __all__ = [
@@ -66,6 +75,7 @@ __all__ = [
     "collect_subfields",
     "fragments_of",
     "graphql_schema_of",
+    "input_definitions",
     "is_awaitable",
     "is_default_resolver",
     "raw_info",
@@ -94,6 +104,18 @@ def strawberry_field_of(field: GraphQLField) -> StrawberryField | None:
     class), or None for a field Strawberry did not make (`__typename`, introspection)."""
     definition = field.extensions.get(_DEFINITION_KEY)
     return definition if isinstance(definition, StrawberryField) else None
+
+
+def input_definitions(schema: GraphQLSchema) -> list[StrawberryObjectDefinition]:
+    """The Strawberry definitions of the schema's input object types."""
+    return [
+        definition
+        for graphql_type in schema.type_map.values()
+        if isinstance(graphql_type, GraphQLInputObjectType)
+        and isinstance(
+            definition := graphql_type.extensions.get(_DEFINITION_KEY), StrawberryObjectDefinition
+        )
+    ]
 
 
 def is_default_resolver(field: GraphQLField) -> bool:

@@ -9,6 +9,8 @@ from graphql import GraphQLError
 from strawberry.schema.types.base_scalars import DateTimeDefinition, DecimalDefinition
 from strawberry.types import ExecutionContext
 
+from gql.engine.inputs import install_input_builders
+from gql.engine.internals import graphql_schema_of, input_definitions
 from gql.engine.plans import CompiledExecutionContext
 from gql.errors import log_unexpected
 from gql.schema.federation import SubgraphSchema
@@ -56,7 +58,7 @@ def build_schema(**overrides: Any) -> Schema:
     (gql.transport.endpoint), which parses, validates and executes with the executor the
     settings chose."""
     overrides.setdefault("execution_context_class", CompiledExecutionContext)
-    return Schema(
+    built = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -66,6 +68,11 @@ def build_schema(**overrides: Any) -> Schema:
         scalar_overrides=SCALARS,
         **overrides,
     )
+    # Arguments' input objects built by plans made once (gql/engine/inputs.py).
+    install_input_builders(
+        input_definitions(graphql_schema_of(built)), built.config.name_converter.from_field
+    )
+    return built
 
 
 schema = build_schema()
