@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     # whichever server connection is free): no statement cached or named on the server, so
     # DB_STATEMENT_CACHE_SIZE is taken as 0 (db/engine.py, `driver_connect_args`).
     db_pgbouncer: bool = False
+    # How PostgreSQL plans the prepared statements (its `plan_cache_mode`): once, generically,
+    # by default (db/engine.py, `driver_connect_args`); `auto` is PostgreSQL's own default.
+    db_plan_cache_mode: Literal["auto", "force_generic_plan", "force_custom_plan"] = (
+        "force_generic_plan"
+    )
     # Check each connection on checkout, replacing those the server dropped: free for one
     # the server closed, a ping (one round trip) for one idle at least DB_POOL_PING_AFTER.
     db_pool_pre_ping: bool = True

@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy import func, select
 
 from core.settings import Settings
-from db.engine import driver_connect_args
+from db.engine import create_db_engine, driver_connect_args
 from db.models import OrderItem, Product
 from tests.databases import libpq_dsn
 from tests.deployment import gunicorn_instances, pgbouncer
@@ -71,6 +71,36 @@ def test_one_setting_reaches_both_statement_caches() -> None:
         args = driver_connect_args(settings)
         assert args["statement_cache_size"] == args["prepared_statement_cache_size"] == 0
         assert args["prepared_statement_name_func"]() == ""  # asyncpg's unnamed statement
+        # PgBouncer refuses startup parameters it does not know; unnamed statements have no
+        # plan to reuse anyway.
+        assert "plan_cache_mode" not in args["server_settings"]
+
+
+async def test_prepared_statements_are_planned_as_the_setting_says(database_url: str) -> None:
+    """A lookup by `id = ANY($1)` keeps one generic plan, instead of the plan made again per
+    execution that PostgreSQL's `auto` chooses for it once the table is big enough to make a
+    guess of ten keys look dear; `auto` stays available."""
+    for mode in ("force_generic_plan", "auto"):
+        engine = create_db_engine(database_url, Settings(db_plan_cache_mode=mode))
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver = raw.driver_connection
+                assert await driver.fetchval("SHOW plan_cache_mode") == mode
+                statement = await driver.prepare("SELECT id FROM products WHERE id = ANY($1)")
+                for _ in range(8):
+                    await statement.fetch([1])
+                plans = await driver.fetchrow(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE statement = $1",
+                    statement.get_query(),
+                )
+                if mode == "force_generic_plan":
+                    assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+                else:
+                    assert plans["custom_plans"] >= 5  # auto tries custom plans first
+        finally:
+            await engine.dispose()
 
 
 async def test_two_instances_behind_pgbouncer_in_transaction_mode_answer_right_and_conserve_stock(
