@@ -178,6 +178,8 @@ class EventHub:
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self.events_received += 1
+        if not self._streams:
+            return  # every write notifies every process: most have no subscriber to tell
         event = parse_payload(payload)
         if event is None:
             logger.warning("unknown change notification %r", payload[:100])

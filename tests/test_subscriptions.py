@@ -3,6 +3,7 @@ event loop, pool and LISTEN connection, as two processes have) on one database, 
 one and writing on the other."""
 
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -436,6 +437,23 @@ async def test_the_event_hub_caps_subscriptions_and_drops_a_queue_that_overflows
     assert hub.open_streams == 0
     assert parse_payload("x:1") is None
     assert parse_payload("p:not-a-number:") is None
+
+
+async def test_notifications_reach_open_streams_and_are_not_parsed_without_any(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every write notifies every process; one with no subscriber only counts them."""
+    hub = EventHub("postgresql://unused", queue_size=2, max_subscriptions=2)
+    with caplog.at_level(logging.WARNING, logger="services.events"):
+        hub._notified(None, 0, "changes", "not a payload")
+        assert hub.events_received == 1 and not caplog.records
+        stream = hub.open(products=frozenset({1}))
+        hub._notified(None, 0, "changes", "not a payload")
+        assert "unknown change notification" in caplog.text
+        hub._notified(None, 0, "changes", "p:1:")
+        assert await stream.next() == StockChanged(1)
+    assert hub.events_received == 3
+    stream.close()
 
 
 async def test_a_multipart_http_subscription_streams_events_until_the_client_leaves(
