@@ -37,17 +37,15 @@ _UNCHANGED: tuple[object, ...] = (str, int, float, bool, decimal.Decimal, strawb
 
 Keys = tuple[str | int, ...]
 """Where a value is in the input being built: GraphQL field names and list indices."""
-Convert = Callable[[Any, InputContext, Keys], Any]
-"""A value of a field, from its GraphQL input value."""
+Convert = Callable[[Any, InputContext, Keys, str | int], Any]
+"""A value, from its GraphQL input value at `(*keys, key)` (the location is made only by the
+conversions that need it: Strawberry's own, and nested inputs'). None instead of a Convert: the
+value is taken as it is."""
 Build = Callable[[type, Mapping[str, Any], InputContext, Keys], Any]
 """An input type's value, from its GraphQL input value."""
 
 # The builders installed, by input class, for input fields of those types.
 _builders: dict[type, Build] = {}
-
-
-class NotBuildable(Exception):
-    """The type needs Strawberry's own conversion."""
 
 
 def install_input_builders(
@@ -56,7 +54,12 @@ def install_input_builders(
     """Set `from_input` on each of the input types' `definitions` that has none and whose
     fields a builder can convert. `name_of` gives a field's GraphQL name (the schema's name
     converter: `schema.config.name_converter.from_field`)."""
-    buildable = {d.origin for d in definitions if d.from_input is None and _plain_fields(d)}
+    buildable = {
+        d.origin
+        for d in definitions
+        if d.from_input is None
+        and not any(_has_maybe(f.resolve_type(type_definition=d)) for f in d.fields)
+    }
     for definition in definitions:
         if definition.origin in buildable:
             _builders[definition.origin] = _builder(definition, name_of, buildable)
@@ -69,21 +72,11 @@ def _from_input(build: Build, cls: type, value: Mapping[str, Any], context: Inpu
     return build(cls, value, context, ())
 
 
-def _plain_fields(definition: StrawberryObjectDefinition) -> bool:
-    """No field of a type that Strawberry converts in a way of its own."""
-    try:
-        for field in definition.fields:
-            _check_plain(field.resolve_type(type_definition=definition))
-    except NotBuildable:
-        return False
-    return True
-
-
-def _check_plain(type_: Any) -> None:
+def _has_maybe(type_: Any) -> bool:
+    """A `Maybe` at any depth: Strawberry converts those in a way of its own."""
     if isinstance(type_, StrawberryMaybe):
-        raise NotBuildable
-    if isinstance(type_, (StrawberryOptional, StrawberryList)):
-        _check_plain(type_.of_type)
+        return True
+    return isinstance(type_, (StrawberryOptional, StrawberryList)) and _has_maybe(type_.of_type)
 
 
 def _builder(
@@ -110,38 +103,42 @@ def _builder(
         kwargs = dict(implicit_nones)
         for graphql_name, python_name, convert in fields:
             if graphql_name in value:
-                kwargs[python_name] = convert(value[graphql_name], context, (*keys, graphql_name))
+                field_value = value[graphql_name]
+                kwargs[python_name] = (
+                    field_value
+                    if convert is None
+                    else convert(field_value, context, keys, graphql_name)
+                )
         return cls(**kwargs)
 
     return build
 
 
-def _converter(type_: Any, buildable: set[type]) -> Convert:
-    """How to convert a value of `type_` (at `keys` in the argument, for Strawberry's own
-    conversion and for error locations)."""
+def _converter(type_: Any, buildable: set[type]) -> Convert | None:
+    """How to convert a value of `type_`; None: it is taken as it is."""
     if isinstance(type_, StrawberryOptional):
         return _converter(type_.of_type, buildable)  # a null is a null at every level below
     if isinstance(type_, StrawberryList):
-        if type_.of_type in _UNCHANGED:
+        item = _converter(type_.of_type, buildable)
+        if item is None:
             # A copy, as Strawberry makes: graphql-core gives every request that omits the
             # value the same default list.
-            return lambda value, _context, _keys: (
+            return lambda value, _context, _keys, _key: (
                 value if value is None or value is UNSET else list(value)
             )
-        item = _converter(type_.of_type, buildable)
-        return lambda value, context, keys: (
+        return lambda value, context, keys, key: (
             value
             if value is None or value is UNSET
-            else [item(x, context, (*keys, index)) for index, x in enumerate(value)]
+            else [item(x, context, (*keys, key), index) for index, x in enumerate(value)]
         )
     if type_ in _UNCHANGED:
-        return lambda value, _context, _keys: value
+        return None
     if type_ in buildable:
         nested: type = type_
-        return lambda value, context, keys: (
+        return lambda value, context, keys, key: (
             value
             if value is None or value is UNSET
-            else _builders[nested](nested, value, context, keys)
+            else _builders[nested](nested, value, context, (*keys, key))
         )
     # Enums, custom scalars, other input types: Strawberry's conversion, as it would run it.
-    return lambda value, context, keys: context.convert(value, type_, *keys)
+    return lambda value, context, keys, key: context.convert(value, type_, *keys, key)
