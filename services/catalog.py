@@ -24,8 +24,10 @@ from db.compiled import (
     exact_text,
     fetch,
 )
+from db.json_objects import Render, money, value
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
+from services.global_ids import global_id_sql
 from services.pagination import Page, Window, page_from
 
 PRODUCT_COLUMNS = (
@@ -40,6 +42,18 @@ PRODUCT_COLUMNS = (
     Product.created_at,
     Product.updated_at,
 )
+
+# What PostgreSQL can render of a product as JSON (db.json_objects), by attribute; kinds are
+# written as their names, which are their stored values.
+PRODUCT_JSON: dict[str, Render] = {
+    "id": value(global_id_sql("Product", Product.id)),
+    "sku": value(Product.sku),
+    "name": value(Product.name),
+    "description": value(Product.description),
+    "kind": value(Product.kind),
+    "price": money(Product.price, Product.currency),
+    "stock": value(Product.stock),
+}
 
 MAX_NAME_SEARCH_LENGTH = 100
 # Prices are NUMERIC(12,2), and bounds and cursor values are sent as that type: PostgreSQL

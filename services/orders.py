@@ -7,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from db.arrays import equals_any_parameter
 from db.compiled import (
@@ -20,9 +21,12 @@ from db.compiled import (
     fetch,
     fetch_by_id,
 )
-from db.models import Order, OrderItem, OrderStatus
+from db.json_objects import Member, Render, json_object, money, nested, value
+from db.models import Order, OrderItem, OrderStatus, Product
 from db.rows import LightSelect
 from services.auth import Actor
+from services.catalog import PRODUCT_JSON
+from services.global_ids import global_id_sql
 from services.pagination import Page, Window, page_from
 
 ORDER_COLUMNS = (
@@ -94,6 +98,39 @@ _items_by_order_ids_query = compile_query(
     .order_by(OrderItem.order_id, OrderItem.id)
 )
 
+# What PostgreSQL can render of a line item as JSON (db.json_objects), by attribute. Its money
+# is in its order's currency; the subtotal is computed as `Decimal(unit_price) * quantity`
+# would be (NUMERIC keeps the scale: 2 places).
+ITEM_JSON: dict[str, Render] = {
+    "id": value(global_id_sql("OrderItem", OrderItem.id)),
+    "quantity": value(OrderItem.quantity),
+    "unit_price": money(OrderItem.unit_price, Order.currency),
+    "subtotal": money(OrderItem.unit_price * OrderItem.quantity, Order.currency),
+    "product": nested(PRODUCT_JSON),
+}
+
+
+@lru_cache(maxsize=64)
+def _items_json_query(members: tuple[Member, ...]) -> CompiledQuery:
+    items = OrderItem.__table__.join(Order.__table__, Order.id == OrderItem.order_id)
+    if any(member.attribute == "product" for member in members):
+        items = items.join(Product.__table__, Product.id == OrderItem.product_id)
+    item = json_object(members, ITEM_JSON)
+    return compile_query(
+        # As text: the pool's connections decode `json` into Python objects.
+        select(
+            OrderItem.order_id, cast(func.json_agg(aggregate_order_by(item, OrderItem.id)), Text)
+        )
+        .select_from(items)
+        .where(equals_any_parameter(OrderItem.order_id))
+        .group_by(OrderItem.order_id)
+    )
+
+
+def check_items_json(members: tuple[Member, ...]) -> None:
+    """Raise `Unrenderable` unless `items_json_by_order_ids` can render these members."""
+    _items_json_query(members)
+
 
 async def list_orders(
     reader: Reader,
@@ -146,3 +183,13 @@ async def items_by_order_ids(reader: Reader, order_ids: Sequence[int]) -> dict[i
     for row in await fetch(reader, _items_by_order_ids_query, keys=list(order_ids)):
         grouped[row["order_id"]].append(row)
     return grouped
+
+
+async def items_json_by_order_ids(
+    reader: Reader, order_ids: Sequence[int], members: tuple[Member, ...]
+) -> dict[int, str]:
+    """Each order's line items as a JSON array (in insertion order) of objects with `members`
+    (attributes of `ITEM_JSON`), built by PostgreSQL; orders without items are absent.
+    Callers pass readable orders only. Raises `Unrenderable` for members it cannot render."""
+    rows = await fetch(reader, _items_json_query(members), keys=list(order_ids))
+    return {order_id: items for order_id, items in rows}

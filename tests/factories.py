@@ -66,12 +66,13 @@ class Factory:
         currency: str = "EUR",
         stock: int = 10,
         kind: ProductKind = ProductKind.HOTEL_ROOM,
+        description: str = "",
     ) -> Product:
         n = next(_sequence)
         product = Product(
             sku=f"SKU-{n:06d}",
             name=name or f"Product {n}",
-            description="",
+            description=description,
             kind=kind,
             price=Decimal(price),
             currency=currency,

@@ -83,7 +83,7 @@ async def test_order_history_is_completed_by_a_compiled_plan(
     await factory.order(user, [(await factory.product(), 1)])
     execution._plans.clear()
     await _run(schema, QUERIES[0], session_factory, Actor(user_id=user.id, is_admin=False))
-    compiled = {key[0].name for key, (_, plan) in execution._plans.items() if plan is not None}
+    compiled = {key[0].name for key, entry in execution._plans.items() if entry.plan is not None}
     assert "OrderConnection" in compiled
 
 

@@ -14,6 +14,7 @@ the general path produces exactly what it would have (loads, errors with paths).
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
@@ -32,6 +33,8 @@ from graphql import (
 )
 from graphql.language import FieldNode
 from graphql.pyutils import AwaitableOrValue, Path
+from orjson import Fragment
+from strawberry import Info
 
 from core.bounded import BoundedCache
 from gql.engine.internals import (
@@ -40,6 +43,7 @@ from gql.engine.internals import (
     collect_subfields,
     fragments_of,
     is_default_resolver,
+    raw_info,
     strawberry_field_of,
 )
 from gql.engine.walk import walk
@@ -50,6 +54,32 @@ MAX_PLANS = 2000
 Plan = Callable[[Any], dict[str, Any]]
 
 
+@dataclass(frozen=True, eq=False)
+class Selected:
+    """A field as a plan completes it: its response key, its Python name (None for
+    `__typename`) and, for an object or a list of objects, the fields selected below it,
+    collected as the plan collected them (fragments merged; no directive or argument
+    anywhere, or there would be no plan). Compared and hashed by identity: each plan makes
+    its own, once."""
+
+    key: str
+    name: str | None
+    below: tuple["Selected", ...] = ()
+    constant: str | None = None  # what the plan writes for `__typename`: the type's name
+
+
+# A prefetched relation's path from the plan's object, by Python names, and its selection
+# (None when the path is selected twice under different response keys).
+Relations = dict[tuple[str, ...], tuple[Selected, ...] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    nodes: tuple[FieldNode, ...]  # kept alive, so that the ids in the key stay unique
+    plan: Plan | None
+    relations: Relations
+
+
 class NotReady(Exception):
     """The value does not fit the plan: let graphql-core complete it."""
 
@@ -58,10 +88,8 @@ class NotCompilable(Exception):
     """The selection needs the general executor."""
 
 
-# (type, ids of field nodes) -> (the nodes, kept alive so ids stay unique; the plan or None)
-_plans: BoundedCache[
-    tuple[GraphQLObjectType, tuple[int, ...]], tuple[tuple[FieldNode, ...], Plan | None]
-]
+# (type, ids of field nodes) -> what was compiled for them (a plan, or None: not compilable)
+_plans: BoundedCache[tuple[GraphQLObjectType, tuple[int, ...]], _Compiled]
 _plans = BoundedCache(MAX_PLANS)
 
 
@@ -69,11 +97,9 @@ def _not_ready() -> Any:
     raise NotReady
 
 
-def _cached(
-    object_type: GraphQLObjectType, nodes: tuple[FieldNode, ...]
-) -> tuple[tuple[FieldNode, ...], Plan | None] | None:
+def _cached(object_type: GraphQLObjectType, nodes: Sequence[FieldNode]) -> _Compiled | None:
     cached = _plans.get((object_type, tuple(map(id, nodes))))
-    if cached is not None and all(a is b for a, b in zip(cached[0], nodes, strict=True)):
+    if cached is not None and all(a is b for a, b in zip(cached.nodes, nodes, strict=True)):
         return cached
     return None
 
@@ -82,7 +108,23 @@ def compiled_plan(object_type: GraphQLObjectType, nodes: tuple[FieldNode, ...]) 
     """The plan completing `object_type` for these field nodes, if an execution already
     compiled one (None too when it found the selection not compilable)."""
     cached = _cached(object_type, nodes)
-    return None if cached is None else cached[1]
+    return None if cached is None else cached.plan
+
+
+def planned_relation(info: Info[Any, Any], path: tuple[str, ...]) -> tuple[Selected, ...] | None:
+    """What the compiled plan completing the value of the field being resolved selects below
+    the prefetched relation at `path` (Python field names from that value, e.g. `("edges",
+    "node", "items")`), if an execution already compiled one. Such a plan takes the relation
+    prefetched as an `orjson.Fragment` (JSON built for exactly this selection) as completed;
+    the general path never takes one (see `gql.schema.types.orders`)."""
+    raw = raw_info(info)
+    object_type = get_nullable_type(raw.return_type)
+    if not isinstance(object_type, GraphQLObjectType):
+        return None
+    cached = _cached(object_type, raw.field_nodes)
+    if cached is None or cached.plan is None:
+        return None
+    return cached.relations.get(path)
 
 
 class _PlanWriter:
@@ -90,9 +132,18 @@ class _PlanWriter:
     and leaf conversions, so completing a field costs no call of its own (cf. graphql-jit)."""
 
     def __init__(self) -> None:
-        self.namespace: dict[str, Any] = {"NotReady": NotReady, "_not_ready": _not_ready}
+        self.namespace: dict[str, Any] = {
+            "NotReady": NotReady,
+            "_not_ready": _not_ready,
+            "Fragment": Fragment,
+        }
         self.sources: list[str] = []
+        self.relations: Relations = {}
         self._count = 0
+
+    def relation(self, path: tuple[str, ...], selected: tuple[Selected, ...]) -> None:
+        """Note the selection below a prefetched relation (None if met twice)."""
+        self.relations[path] = None if path in self.relations else selected
 
     def name(self, prefix: str, value: Any = None) -> str:
         self._count += 1
@@ -114,8 +165,9 @@ class _PlanWriter:
         return plan
 
 
-def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tuple[str, bool]:
-    """An expression reading the field from `s`, and whether it may be a missing relation."""
+def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tuple[str, str, bool]:
+    """An expression reading the field from `s`, the field's Python name, and whether it is a
+    prefetched relation (which may be missing, or prefetched as JSON)."""
     field = parent.fields[field_name]
     if field.args:
         raise NotCompilable
@@ -126,12 +178,12 @@ def _read(writer: _PlanWriter, parent: GraphQLObjectType, field_name: str) -> tu
         attribute = definition.python_name
         if not attribute.isidentifier():
             raise NotCompilable
-        return f"s.{attribute}", False
+        return f"s.{attribute}", attribute, False
     prefetched = PREFETCHED_PREFIX + definition.python_name
     origin = getattr(definition, "origin", None)
     if origin is None or prefetched not in getattr(origin, "__dataclass_fields__", {}):
         raise NotCompilable
-    return f"s.{prefetched}", True
+    return f"s.{prefetched}", definition.python_name, True
 
 
 def _leaf_expression(
@@ -177,30 +229,32 @@ class CompiledExecutionContext(StrawberryExecutionContext):
         nodes = tuple(detail.node for detail in details)
         cached = _cached(object_type, nodes)
         if cached is not None:
-            return cached[1]
+            return cached.plan
+        writer = _PlanWriter()
         try:
-            plan: Plan | None = self._compile_object(object_type, details)
+            entry, _ = self._write_object(writer, object_type, details, ())
+            plan: Plan | None = writer.build(entry)
         except NotCompilable:
             plan = None
-        _plans.put((object_type, tuple(map(id, nodes))), (nodes, plan))
+        _plans.put((object_type, tuple(map(id, nodes))), _Compiled(nodes, plan, writer.relations))
         return plan
 
-    def _compile_object(
-        self, object_type: GraphQLObjectType, details: Sequence[FieldDetails]
-    ) -> Plan:
-        writer = _PlanWriter()
-        entry = self._write_object(writer, object_type, details)
-        return writer.build(entry)
-
     def _write_object(
-        self, writer: _PlanWriter, object_type: GraphQLObjectType, details: Sequence[FieldDetails]
-    ) -> str:
+        self,
+        writer: _PlanWriter,
+        object_type: GraphQLObjectType,
+        details: Sequence[FieldDetails],
+        path: tuple[str, ...],
+    ) -> tuple[str, tuple[Selected, ...]]:
+        """The name of the function completing the object, and the fields it selects. `path`:
+        the Python names leading to the object from the plan's own."""
         for detail in details:
             if detail.node.directives or self._fragments_have_directives(detail.node):
                 raise NotCompilable
         grouped = collect_subfields(self, object_type, details)
         body: list[str] = []
         items: list[str] = []
+        selected: list[Selected] = []
         for index, (response_key, field_details) in enumerate(grouped.items()):
             for detail in field_details:
                 node = detail.node
@@ -209,20 +263,28 @@ class CompiledExecutionContext(StrawberryExecutionContext):
             field_name = field_details[0].node.name.value
             if field_name == "__typename":
                 items.append(f"{response_key!r}: {object_type.name!r}")
+                selected.append(Selected(response_key, None, constant=object_type.name))
                 continue
             field = object_type.fields.get(field_name)
             if field is None:
                 raise NotCompilable
-            read, may_be_missing = _read(writer, object_type, field_name)
+            read, name, prefetched = _read(writer, object_type, field_name)
             value = f"v{index}"
             body.append(f"{value} = {read}")
-            if may_be_missing and not isinstance(field.type, GraphQLNonNull):
+            if prefetched and not isinstance(field.type, GraphQLNonNull):
                 # None means "not prefetched" here: let the resolver load it.
                 body.append(f"if {value} is None: raise NotReady")
-            items.append(
-                f"{response_key!r}: {self._write_value(writer, field.type, field_details, value)}"
+            completed, below = self._write_value(
+                writer, field.type, field_details, value, (*path, name)
             )
-        return writer.function(object_type, body, "{" + ", ".join(items) + "}")
+            if prefetched:
+                # JSON built for exactly this selection (`planned_relation`) is taken as is.
+                completed = f"({value} if {value}.__class__ is Fragment else {completed})"
+                writer.relation((*path, name), below)
+            items.append(f"{response_key!r}: {completed}")
+            selected.append(Selected(response_key, name, below))
+        function = writer.function(object_type, body, "{" + ", ".join(items) + "}")
+        return function, tuple(selected)
 
     def _fragments_have_directives(self, node: FieldNode) -> bool:
         """Whether a selection at this level (a field, or a fragment, or a field inside one)
@@ -251,19 +313,23 @@ class CompiledExecutionContext(StrawberryExecutionContext):
         output_type: GraphQLOutputType,
         details: Sequence[FieldDetails],
         value: str,
-    ) -> str:
-        """An expression completing `value` (a plain name, so reading it twice is free)."""
+        path: tuple[str, ...],
+    ) -> tuple[str, tuple[Selected, ...]]:
+        """An expression completing `value` (a plain name, so reading it twice is free), and
+        the fields selected below it (none for a leaf)."""
         non_null = isinstance(output_type, GraphQLNonNull)
         nullable_type = get_nullable_type(output_type)
+        below: tuple[Selected, ...] = ()
         if isinstance(nullable_type, GraphQLList):
-            item = self._write_value(writer, nullable_type.of_type, details, "x")
+            item, below = self._write_value(writer, nullable_type.of_type, details, "x", path)
             inner = f"[{item} for x in {value}]"
         elif isinstance(nullable_type, (GraphQLScalarType, GraphQLEnumType)):
             inner = _leaf_expression(writer, nullable_type, value)
         elif isinstance(nullable_type, GraphQLObjectType):
-            inner = f"{self._write_object(writer, nullable_type, details)}({value})"
+            function, below = self._write_object(writer, nullable_type, details, path)
+            inner = f"{function}({value})"
         else:
             raise NotCompilable  # interfaces and unions need run-time type resolution
         if non_null:
-            return f"({inner} if {value} is not None else _not_ready())"
-        return f"(None if {value} is None else {inner})"
+            return f"({inner} if {value} is not None else _not_ready())", below
+        return f"(None if {value} is None else {inner})", below

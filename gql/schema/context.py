@@ -44,6 +44,7 @@ class Context:
         reads: PooledReads | None = None,
         correlation_id: str | None = None,
         background_tasks: BackgroundTasks | None = None,
+        json_fragments: bool = False,
     ) -> None:
         self._sessions = sessions
         self._session: AsyncSession | None = None
@@ -53,6 +54,10 @@ class Context:
         self.auth_error = auth_error
         self.correlation_id = correlation_id
         self.background_tasks = background_tasks or BackgroundTasks()
+        # The answer is written by orjson, which copies an `orjson.Fragment` into it as is: a
+        # resolver may then hand a compiled plan JSON that PostgreSQL built (items_json in
+        # gql.schema.types.orders). An in-process caller of `schema.execute` gets objects.
+        self.json_fragments = json_fragments
         # One connection cannot run two statements at once, but loaders of different types
         # dispatch their batches as concurrent tasks: they take turns through this lock.
         self._db_lock = asyncio.Lock()

@@ -25,6 +25,7 @@ from gql.schema.types.orders import (
     ORDER_KEY_COLUMNS,
     Order,
     OrderStatus,
+    items_json,
     prefetch_orders,
 )
 from gql.schema.types.products import (
@@ -309,7 +310,8 @@ class Query:
             status=status,
         )
         nodes = [Order.from_row(row) for row in page.rows]
-        await prefetch_orders(context, nodes, wanted, alone=True)
+        items = items_json(info, ("edges", "node"))
+        await prefetch_orders(context, nodes, wanted, alone=True, items_json=items)
         total = await _total(
             tree,
             page,

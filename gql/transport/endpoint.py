@@ -441,6 +441,8 @@ def request_context(
         auth_error=None,
         correlation_id=current_correlation_id(),
         background_tasks=background,
+        # Answers are written by orjson (`response_data`, then `orjson.dumps`).
+        json_fragments=True,
     )
 
 

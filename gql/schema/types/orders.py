@@ -5,12 +5,16 @@ attribute; when they were not, the resolver falls back to the request's loaders,
 from collections.abc import Awaitable, Callable, Container
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import strawberry
 from aiodataloader import DataLoader
+from orjson import Fragment
 
+from db.json_objects import Member, Unrenderable
 from db.models import OrderStatus as OrderStatusModel
+from gql.engine.plans import Selected, planned_relation
 from gql.engine.selection import FieldTree, columns_for, selection_tree
 from gql.schema.context import Context, Info
 from gql.schema.ids import row_id_of, to_global_id
@@ -23,6 +27,7 @@ from gql.schema.loaders import (
 from gql.schema.types.common import ALL_FIELDS, Money, Node, instance, node_fields
 from gql.schema.types.products import PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS, Product
 from gql.schema.types.users import User
+from services import orders as order_reads
 
 OrderStatus = strawberry.enum(OrderStatusModel, name="OrderStatus")
 
@@ -43,15 +48,17 @@ T = TypeVar("T")
 
 
 def _prefetched_or_loaded(
-    prefetched: T | None,
+    prefetched: T | Fragment | None,
     info: Info,
     loader_class: type[DataLoader[int, Any]],
     key: int,
     from_row: Callable[[Any], T],
 ) -> T | Awaitable[T]:
     """A relation's prefetched value or, when it was not prefetched, its row(s) through the
-    request's loader (batched with the other objects' loads) made into the type by `from_row`."""
-    if prefetched is not None:
+    request's loader (batched with the other objects' loads) made into the type by `from_row`.
+    JSON prefetched for a compiled plan (`items_json`) is for that plan only: a resolver
+    called means the general path completes this object, and it needs the objects."""
+    if prefetched is not None and not isinstance(prefetched, Fragment):
         return prefetched
     return _loaded(info.context.loader(loader_class), key, from_row)
 
@@ -104,7 +111,7 @@ class Order(Node):
     row_id: strawberry.Private[int]
     user_id: strawberry.Private[int]
     currency: strawberry.Private[str]
-    prefetched_items: strawberry.Private[list[OrderItem] | None] = None
+    prefetched_items: strawberry.Private[list[OrderItem] | Fragment | None] = None
     prefetched_user: strawberry.Private[User | None] = None
 
     @strawberry.field(graphql_type=list[OrderItem])  # type: ignore[untyped-decorator]
@@ -158,24 +165,64 @@ async def products_by_id(
     return {row["id"]: Product.from_row(row) for row in rows if row is not None}
 
 
+def items_json(info: Info, path: tuple[str, ...]) -> tuple[Member, ...] | None:
+    """The members of the items JSON that the compiled plan completing this field takes as
+    is (`gql.engine.plans.planned_relation`), for the orders at `path` below it (e.g. `edges`,
+    `node`); None when there is no such plan yet, or PostgreSQL cannot render its selection,
+    or the answer is not written by orjson (`Context.json_fragments`)."""
+    if not info.context.json_fragments:
+        return None
+    selected = planned_relation(info, (*path, "items"))
+    return None if selected is None else _renderable_members(selected)
+
+
+@lru_cache(maxsize=256)
+def _renderable_members(selected: tuple[Selected, ...]) -> tuple[Member, ...] | None:
+    members = _members(selected)
+    try:
+        order_reads.check_items_json(members)
+    except Unrenderable:
+        return None
+    return members
+
+
+def _members(selected: tuple[Selected, ...]) -> tuple[Member, ...]:
+    """A plan's selection as JSON members: a field as the attribute of its Python name (the
+    services name theirs after ours), `__typename` as the constant the plan writes."""
+    return tuple(
+        Member(field.key, field.name, _members(field.below), field.constant) for field in selected
+    )
+
+
 async def prefetch_orders(
-    context: Context, orders: list[Order], wanted: FieldTree, *, alone: bool
+    context: Context,
+    orders: list[Order],
+    wanted: FieldTree,
+    *,
+    alone: bool,
+    items_json: tuple[Member, ...] | None = None,
 ) -> None:
     """Attach the relations that `wanted` selects below each order. `alone`: the orders are
-    a whole list field's, no sibling field shares their loads (see `load_level`)."""
+    a whole list field's, no sibling field shares their loads (see `load_level`).
+    `items_json`: the items are wanted as JSON with these members (see `items_json`)."""
     if not orders:
         return
-    if "items" in wanted:
+    if "items" in wanted and items_json is not None:
+        found = await context.read(
+            order_reads.items_json_by_order_ids, [order.row_id for order in orders], items_json
+        )
+        for order in orders:
+            order.prefetched_items = Fragment(found.get(order.row_id, "[]"))
+    elif "items" in wanted:
         item_rows = await context.loader(ItemsByOrderIdLoader).load_level(
             [order.row_id for order in orders], alone=alone
         )
         all_items: list[OrderItem] = []
         wanted_items = wanted["items"]
         for order, rows in zip(orders, item_rows, strict=True):
-            order.prefetched_items = [
-                OrderItem.from_row(row, order.currency, wanted_items) for row in rows
-            ]
-            all_items.extend(order.prefetched_items)
+            items = [OrderItem.from_row(row, order.currency, wanted_items) for row in rows]
+            order.prefetched_items = items
+            all_items.extend(items)
         if "product" in wanted_items and all_items:
             product_ids = {item.product_id for item in all_items}
             wanted_product = wanted_items["product"]

@@ -1,0 +1,131 @@
+"""Line items written as JSON by PostgreSQL for a warm order history (items_json in
+gql/schema/types/orders.py). That the answers equal the reference executor's is the executor
+differential's job (tests/test_executor_differential.py); here: the pieces it is built from, and
+when the path is taken and when not."""
+
+from typing import Any
+
+import pytest
+from sqlalchemy import BigInteger, literal, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.settings import Settings
+from db.json_objects import Member, Unrenderable, json_object, nested, value
+from db.models import Product
+from gql.schema.build import schema
+from gql.schema.context import Context
+from services.auth import Actor
+from services.global_ids import global_id_sql, to_global_id
+from services.orders import check_items_json
+from tests.conftest import GraphQL, StatementCounter
+from tests.factories import Factory
+
+HISTORY = """{ orders(first: 5) { edges { node { id
+  items { quantity unitPrice { amount } product { id name } } } } } }"""
+
+
+async def test_global_ids_computed_by_postgresql_are_the_services_own(engine: AsyncEngine) -> None:
+    row_ids = [1, 9, 10, 99, 12_345, 10**9 + 7, 10**18, 2**63 - 1]
+    async with engine.connect() as connection:
+        for type_name in ["Product", "OrderItem", "Order", "A" * 36]:
+            for row_id in row_ids:
+                expression = global_id_sql(type_name, literal(row_id, BigInteger))
+                found = (await connection.execute(select(expression))).scalar_one()
+                assert found == to_global_id(type_name, row_id)
+    with pytest.raises(ValueError, match="too long"):
+        global_id_sql("A" * 37, Product.id)  # its base64 would span two lines
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        (Member("x", "no_such_attribute"),),
+        (Member("x", "quantity", (Member("y", "amount"),)),),  # a leaf with members
+        (Member("x", "product"),),  # an object without members
+        (Member("x'); DROP TABLE orders; --", "quantity"),),  # keys are written into the SQL
+        (Member("x", None, constant="It's"),),
+        (Member("x"),),  # holds nothing
+        tuple(Member(f"k{n}", "quantity") for n in range(51)),  # json_build_object's limit
+    ],
+)
+def test_what_postgresql_cannot_render_is_refused_before_any_sql(
+    members: tuple[Member, ...],
+) -> None:
+    with pytest.raises(Unrenderable):
+        check_items_json(members)
+
+
+def test_nested_members_are_rendered_by_their_own_attributes() -> None:
+    inner = {"name": value(Product.name)}
+    rendered = str(
+        json_object((Member("p", "product", (Member("n", "name"),)),), {"product": nested(inner)})
+    )
+    assert "json_build_object('p', json_build_object('n', products.name))" in rendered
+
+
+async def _history_statements(
+    gql: GraphQL, statements: StatementCounter, token: str, query: str = HISTORY
+) -> tuple[dict[str, Any], list[str]]:
+    statements.reset()
+    body = await gql(query, token=token)
+    assert "errors" not in body, body
+    return body, list(statements.statements)
+
+
+async def test_a_warm_order_history_takes_its_items_as_json_from_one_statement(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    user, token = await factory.user()
+    products = await factory.products(3)
+    for n in range(3):
+        await factory.order(user, [(products[k], k + 1) for k in range(n + 1)])
+
+    cold, cold_statements = await _history_statements(gql, statements, token)
+    warm, warm_statements = await _history_statements(gql, statements, token)
+
+    assert warm == cold
+    assert not any("json_agg" in sql for sql in cold_statements)
+    # viewer, orders, items with their products as JSON (no separate products statement).
+    assert len(warm_statements) == len(cold_statements) - 1 == 3, warm_statements
+    assert sum("json_agg" in sql for sql in warm_statements) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # A field PostgreSQL does not render (timestamps keep Python's format).
+        "{ orders { edges { node { items { product { name createdAt } } } } } }",
+        # The same relation under two response keys, with different selections.
+        "{ orders { edges { node { a: items { quantity } b: items { product { name } } } } } }",
+        # A directive below: the plan is not compiled at all.
+        "query { orders { edges { node { items { quantity @include(if: true) } } } } }",
+    ],
+)
+async def test_items_stay_objects_where_json_cannot_serve(
+    query: str, factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    user, token = await factory.user()
+    await factory.order(user, [(await factory.product(), 2)])
+    cold, _ = await _history_statements(gql, statements, token, query)
+    warm, warm_statements = await _history_statements(gql, statements, token, query)
+    assert warm == cold
+    assert not any("json_agg" in sql for sql in warm_statements)
+
+
+async def test_in_process_execution_gets_objects_not_json(
+    factory: Factory, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """`schema.execute` returns Python data, which no orjson writes: no fragments in it."""
+    user, _ = await factory.user()
+    await factory.order(user, [(await factory.product(), 2)])
+    actor = Actor(user_id=user.id, is_admin=False)
+    for _ in range(3):  # cold, then warm with a compiled plan
+        async with session_factory() as session:
+            context = Context(
+                sessions=lambda: session, settings=Settings(), viewer=actor, auth_error=None
+            )
+            result = await schema.execute(HISTORY, context_value=context)
+        assert result.errors is None and result.data is not None
+        [edge] = result.data["orders"]["edges"]
+        [item] = edge["node"]["items"]
+        assert item["quantity"] == 2 and item["unitPrice"] == {"amount": "100.00"}
