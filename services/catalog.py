@@ -206,6 +206,9 @@ def _products_by_ids_query(columns: tuple[str, ...] | None) -> CompiledQuery:
     return compile_query(select(*selected).where(equals_any_parameter(Product.id)))
 
 
+_product_by_id_query = compile_query(select(*PRODUCT_COLUMNS).where(Product.id == bindparam("id")))
+
+
 def _price_in_range(price: Decimal) -> bool:
     # copy_abs: abs() would round to the context and overflow on 1e999999999.
     return price.is_finite() and price.copy_abs() < PRICE_OUT_OF_RANGE
@@ -326,3 +329,10 @@ async def products_by_ids(
     and a long description among them, costs more than the lookup."""
     rows = await fetch(reader, _products_by_ids_query(columns), keys=list(ids))
     return {row["id"]: row for row in rows}
+
+
+async def product_by_id(reader: Reader, product_id: int) -> Record | None:
+    """One product, when it is the only one to read: `id = $1` spares the driver the array
+    `products_by_ids` sends (measured: 1% of a point read's instructions)."""
+    rows = await fetch(reader, _product_by_id_query, id=product_id)
+    return rows[0] if rows else None

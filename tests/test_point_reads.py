@@ -6,9 +6,13 @@ then."""
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.settings import Settings
 from gql.engine import executor as engine
+from gql.schema.context import Context
 from gql.schema.ids import to_global_id
+from gql.schema.loaders import ProductByIdLoader
 from tests.conftest import GraphQL, StatementCounter
 from tests.factories import Factory
 
@@ -80,3 +84,21 @@ def _without_correlation_ids(body: dict[str, Any]) -> dict[str, Any]:
     for error in body.get("errors") or []:
         error["extensions"].pop("correlationId")
     return body
+
+
+async def test_a_point_reads_row_waits_in_the_loader_for_the_general_path(
+    factory: Factory, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """The point read loads without the loader's queue, but primes its cache: should the plan
+    step aside after the load, the general path's `load` finds the same row, not a new read."""
+    product = await factory.product()
+    async with session_factory() as session:
+        context = Context(
+            sessions=lambda: session, settings=Settings(), viewer=None, auth_error=None
+        )
+        loader = context.loader(ProductByIdLoader)
+        row = await loader.load_alone(product.id)
+        assert row is not None and row["name"] == product.name
+        assert await loader.load(product.id) is row
+        assert await loader.load_alone(product.id + 1000) is None
+        assert await loader.load(product.id + 1000) is None

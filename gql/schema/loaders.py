@@ -50,6 +50,15 @@ class ProductByIdLoader(_RequestLoader):
     async def batch_load_fn(self, keys: Sequence[int]) -> list[Row | None]:
         return await self.load_level(keys, alone=True)
 
+    async def load_alone(self, key: int) -> Row | None:
+        """One product when nothing in the request can batch with it (a point read: its
+        operation is this one field), without the loader's queue and scheduled batch. The row
+        is primed into the loader's cache, so a general path running after finds it."""
+        async with self.context.read_turn() as reader:
+            row = await catalog.product_by_id(reader, key)
+        self.prime(key, row)
+        return row
+
     async def load_level(
         self, keys: Sequence[Any], *, alone: bool, columns: tuple[str, ...] | None = None
     ) -> list[Any]:

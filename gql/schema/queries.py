@@ -197,8 +197,14 @@ async def _product(context: Context, row_id: int) -> Product | None:
 
 
 async def product_by_global_id(context: Context, id: str) -> Product | None:
-    """`product(id:)`: also the point read's load (`POINT_READS`)."""
     return await _product(context, row_id_of(id, "Product"))
+
+
+async def product_point_read(context: Context, id: str) -> Product | None:
+    """`product(id:)` as the point read's load (`POINT_READS`): the field is the operation's
+    only one, so there is nothing to batch with."""
+    row = await context.loader(ProductByIdLoader).load_alone(row_id_of(id, "Product"))
+    return None if row is None else Product.from_row(row)
 
 
 async def _user(context: Context, row_id: int) -> User | None:
@@ -354,4 +360,4 @@ class Query:
 # Root fields that read one object by its ID, with their loads: the compiled executor answers
 # an operation made of one of them alone without graphql-core's `execute`
 # (gql/engine/point_reads.py).
-POINT_READS = {"product": product_by_global_id}
+POINT_READS = {"product": product_point_read}
