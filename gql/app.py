@@ -5,11 +5,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.logging import configure_logging
@@ -45,12 +47,35 @@ logger = logging.getLogger(__name__)
 __all__ = ["app", "create_app"]
 
 
+class AppState(State):
+    """Starlette's `State`, whose values it keeps in a dict that `__getattr__` reads: every
+    read first fails the normal attribute lookup, and Python makes an AttributeError for it.
+    The endpoint reads the engine, session factory and authenticator on every request (2% of
+    a point read's instructions went to those errors), so values are also set as plain
+    attributes, found by the normal lookup; the dict stays whole for Starlette's own reads."""
+
+    def __setattr__(self, key: str, value: object) -> None:
+        super().__setattr__(key, value)
+        object.__setattr__(self, key, value)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self.__setattr__(key, value)
+
+    def __delattr__(self, key: str) -> None:
+        super().__delattr__(key)
+        object.__delattr__(self, key)
+
+
 class EdgeApp(FastAPI):
     """FastAPI behind our edge: `build_middleware_stack` puts the edge's layers (`edge`, set by
     `create_app`) outside FastAPI's own stack, so a GraphQL request meets only ours: FastAPI's
     error, telemetry and body-limit layers and its routing serve the other paths."""
 
     edge: Callable[[ASGIApp], ASGIApp] = staticmethod(lambda routes: routes)
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.state: AppState = AppState()
 
     def build_middleware_stack(self) -> ASGIApp:
         return self.edge(super().build_middleware_stack())

@@ -154,3 +154,20 @@ async def test_an_idle_read_connection_goes_back_to_the_pool_without_awaiting(
     driver = await reads.driver()
     assert driver is not stray and not driver.is_in_transaction()
     await reads.release()
+
+
+def test_the_apps_state_is_read_without_a_failed_lookup(app: FastAPI) -> None:
+    """What the endpoint reads per request (engine, session factory, authenticator) is found by
+    the normal attribute lookup, and Starlette's own reads (`state[key]`) still see it all."""
+    state = app.state
+    for name in ("engine", "session_factory", "authenticator"):
+        assert vars(state)[name] is state[name]
+    state.extra = 1
+    state["item"] = 2
+    assert (vars(state)["extra"], state["extra"]) == (1, 1)
+    assert (vars(state)["item"], state.item) == (2, 2)
+    del state.extra
+    with pytest.raises(AttributeError):
+        _ = state.extra
+    with pytest.raises(KeyError):
+        _ = state["extra"]
