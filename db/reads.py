@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
+from db.engine import checkout_at_once, passes_pending_ping
+
 
 class PooledReads:
     __slots__ = ("_connection", "_engine")
@@ -28,8 +30,19 @@ class PooledReads:
     async def driver(self) -> Any:
         """The asyncpg connection, checked out from the pool at the first call."""
         if self._connection is None:
-            self._connection = await self._engine.raw_connection()
+            self._connection = await self._checkout()
         return self._connection.driver_connection
+
+    async def _checkout(self) -> Any:
+        """A ready connection straight from the pool, else the awaited way (which opens
+        connections, waits for one to come back, and pings on the spot)."""
+        connection = checkout_at_once(self._engine)
+        if connection is None:
+            return await self._engine.raw_connection()
+        if await passes_pending_ping(connection):
+            return connection
+        await greenlet_spawn(connection.invalidate)
+        return await self._engine.raw_connection()
 
     async def release(self) -> None:
         """Back to the pool (reset there: it ran no transaction, so no round trip)."""
