@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, func, select, tuple_
+from sqlalchemy import ColumnElement, String, Text, any_, bindparam, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -24,7 +24,7 @@ from db.compiled import (
     exact_text,
     fetch,
 )
-from db.json_objects import Render, money, value
+from db.json_objects import Member, Render, json_object, money, value
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.global_ids import global_id_sql
@@ -170,6 +170,7 @@ class _SearchShape:
     max_price: bool
     name_contains: bool
     columns: tuple[str, ...] | None
+    json: tuple[Member, ...] | None = None  # the products as JSON too (`PRODUCT_JSON`)
 
 
 def _position_bound(sort: ProductSort, name: str) -> Any:
@@ -184,7 +185,9 @@ def _position_bound(sort: ProductSort, name: str) -> Any:
 def _search_query(shape: _SearchShape) -> CompiledQuery:
     columns = _SORT_COLUMNS[shape.sort]
     descending = shape.sort in _DESCENDING
-    selected = columns_named(Product, shape.columns, PRODUCT_COLUMNS)
+    selected = list(columns_named(Product, shape.columns, PRODUCT_COLUMNS))
+    if shape.json is not None:
+        selected.append(cast(json_object(shape.json, PRODUCT_JSON), Text).label("json"))
     statement = select(*selected).where(*_filter_conditions(shape))
     position = tuple_(*columns, Product.id)
     if shape.after:
@@ -249,10 +252,15 @@ async def search_products(
     sort: ProductSort,
     window: Window[Position],
     columns: tuple[str, ...] | None = None,
+    json: tuple[Member, ...] | None = None,
 ) -> Page[Record]:
     """One page of products matching `product_filter`, in `sort` order, within `window`;
-    `columns` narrows the rows as in `products_by_ids` (the cursor's own columns are added)."""
+    `columns` narrows the rows as in `products_by_ids` (the cursor's own columns are added).
+    With `json`, each row also has the product as a JSON object of these members (text, in
+    column `json`; see `check_product_json`)."""
     check_filter(product_filter)
+    if json is not None:
+        columns = ()
     after, before = window.after, window.before
     shape = _SearchShape(
         sort=sort,
@@ -265,6 +273,7 @@ async def search_products(
         max_price=product_filter.max_price is not None,
         name_contains=bool(product_filter.name_contains),
         columns=(None if columns is None else tuple(sorted({*columns, "id", *sort_columns(sort)}))),
+        json=json,
     )
     rows = await fetch(
         reader,
@@ -275,6 +284,11 @@ async def search_products(
         limit=window.limit + 1,
     )
     return page_from(rows, window)
+
+
+def check_product_json(members: tuple[Member, ...]) -> None:
+    """Raise `Unrenderable` unless a product can be rendered with these members."""
+    json_object(members, PRODUCT_JSON)
 
 
 async def count_products(reader: Reader, *, product_filter: ProductFilter) -> int:

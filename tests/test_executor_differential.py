@@ -50,6 +50,7 @@ from gql.engine import plans as execution
 from gql.engine.internals import graphql_schema_of
 from gql.schema.build import schema
 from gql.schema.ids import to_global_id
+from services import catalog
 from services import orders as order_reads
 from tests.factories import Factory
 
@@ -453,6 +454,17 @@ REGRESSIONS += [
     Case("{ orders { edges { node { a: items { quantity } b: items { product { name } } } } } }"),
     Case("{ orders { edges { node { items { id } } } e: edges { node { items { quantity } } } } }"),
     Case("{ orders { edges { node { items { product { name createdAt } } } } } }"),
+    # A page of products as JSON: every field a product can hold; then aliases, fragments.
+    Case(
+        """{ products(first: 5, orderBy: PRICE_ASC) { edges { cursor node { __typename id sku
+          name description kind stock price { amount currency __typename } } }
+          pageInfo { hasNextPage endCursor } } }"""
+    ),
+    Case(
+        """fragment P on Product { n: name price { amount } }
+        { p: products(first: 3) { e: edges { node { ...P ... on Product { kind n: name } } } } }"""
+    ),
+    Case("{ products { edges { node { name createdAt } } } }"),
 ]
 
 
@@ -493,6 +505,7 @@ def test_compiled_and_reference_executors_answer_alike(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items_as_json = _count_calls(monkeypatch, order_reads, "items_json_by_order_ids")
+    product_pages = _count_calls(monkeypatch, catalog, "search_products")
     loop = _Loop()
     world = loop.run(World.open(database_url))
     ran: list[Case] = []
@@ -524,15 +537,16 @@ def test_compiled_and_reference_executors_answer_alike(
     assert len(ran) >= min(EXAMPLES, 200), len(ran)
     # The JSON path was compared, not only the objects' (it exists on warm runs only).
     assert items_as_json
+    assert any(arguments.get("json") is not None for arguments in product_pages)
 
 
-def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[None]:
-    """Each call of `module.name` (the real one) appends to the list returned."""
-    calls: list[None] = []
+def _count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[dict[str, Any]]:
+    """Each call of `module.name` (the real one) appends its keyword arguments to the list."""
+    calls: list[dict[str, Any]] = []
     function = getattr(module, name)
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(None)
+        calls.append(kwargs)
         return await function(*args, **kwargs)
 
     monkeypatch.setattr(module, name, counted)

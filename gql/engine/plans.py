@@ -68,8 +68,8 @@ class Selected:
     constant: str | None = None  # what the plan writes for `__typename`: the type's name
 
 
-# A prefetched relation's path from the plan's object, by Python names, and its selection
-# (None when the path is selected twice under different response keys).
+# The path of an object-valued field (or list of objects) from the plan's object, by Python
+# names, and its selection (None when the path is selected twice under different keys).
 Relations = dict[tuple[str, ...], tuple[Selected, ...] | None]
 
 
@@ -113,10 +113,10 @@ def compiled_plan(object_type: GraphQLObjectType, nodes: tuple[FieldNode, ...]) 
 
 def planned_relation(info: Info[Any, Any], path: tuple[str, ...]) -> tuple[Selected, ...] | None:
     """What the compiled plan completing the value of the field being resolved selects below
-    the prefetched relation at `path` (Python field names from that value, e.g. `("edges",
-    "node", "items")`), if an execution already compiled one. Such a plan takes the relation
-    prefetched as an `orjson.Fragment` (JSON built for exactly this selection) as completed;
-    the general path never takes one (see `gql.schema.types.orders`)."""
+    the object-valued field at `path` (Python field names from that value, e.g. `("edges",
+    "node", "items")`), if an execution already compiled one. Such a plan, and the general
+    path of this execution context, take a value found there as an `orjson.Fragment` (JSON
+    built for exactly this selection) as completed (see gql/schema/json_levels.py)."""
     raw = raw_info(info)
     object_type = get_nullable_type(raw.return_type)
     if not isinstance(object_type, GraphQLObjectType):
@@ -142,7 +142,7 @@ class _PlanWriter:
         self._count = 0
 
     def relation(self, path: tuple[str, ...], selected: tuple[Selected, ...]) -> None:
-        """Note the selection below a prefetched relation (None if met twice)."""
+        """Note the selection below an object-valued field (None if met twice)."""
         self.relations[path] = None if path in self.relations else selected
 
     def name(self, prefix: str, value: Any = None) -> str:
@@ -215,6 +215,10 @@ class CompiledExecutionContext(StrawberryExecutionContext):
         result: Any,
         *args: Any,
     ) -> AwaitableOrValue[dict[str, Any]]:
+        if result.__class__ is Fragment:
+            # JSON built for this selection, met by the general path where a plan stepped
+            # aside for an object above it: already complete (see `planned_relation`).
+            return result  # type: ignore[return-value]
         plan = self._plan(return_type, field_details_list)
         if plan is not None:
             try:
@@ -277,7 +281,7 @@ class CompiledExecutionContext(StrawberryExecutionContext):
             completed, below = self._write_value(
                 writer, field.type, field_details, value, (*path, name)
             )
-            if prefetched:
+            if below:
                 # JSON built for exactly this selection (`planned_relation`) is taken as is.
                 completed = f"({value} if {value}.__class__ is Fragment else {completed})"
                 writer.relation((*path, name), below)

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import strawberry
+from orjson import Fragment
 
 from db.models import ProductKind as ProductKindModel
 from gql.engine.selection import FieldTree, columns_for, selection_tree, subtree
@@ -13,6 +14,7 @@ from gql.errors import Unauthenticated
 from gql.schema.context import Context, Info
 from gql.schema.cursors import decode_cursor, decode_id_cursor, encode_cursor
 from gql.schema.ids import from_global_id, row_id_of
+from gql.schema.json_levels import planned_json
 from gql.schema.loaders import (
     OrderByIdLoader,
     ProductByIdLoader,
@@ -267,19 +269,27 @@ class Query:
         edges = subtree(tree, "edges")
         wanted = subtree(edges, "node")
         product_filter = (filter or ProductFilter()).to_service()
+        # Warm, the nodes come as the JSON the plan takes (gql/schema/json_levels.py).
+        json = planned_json(info, ("edges", "node"), catalog.check_product_json)
         page = await context.read(
             catalog.search_products,
             product_filter=product_filter,
             sort=sort,
             window=window,
             columns=columns_for(wanted, PRODUCT_FIELD_COLUMNS, PRODUCT_KEY_COLUMNS),
+            json=json,
         )
         total = await _total(
             tree, page, lambda: context.read(catalog.count_products, product_filter=product_filter)
         )
         rows = page.rows
+        nodes = (
+            [Product.from_row(row) for row in rows]
+            if json is None
+            else [Fragment(row["json"]) for row in rows]
+        )
         return connection_of(
-            [Product.from_row(row) for row in rows],
+            nodes,  # type: ignore[arg-type]
             lambda i: encode_cursor(ordering, *catalog.sort_key(rows[i], sort)),
             has_next=page.has_next,
             has_previous=page.has_previous,

@@ -5,19 +5,18 @@ attribute; when they were not, the resolver falls back to the request's loaders,
 from collections.abc import Awaitable, Callable, Container
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import strawberry
 from aiodataloader import DataLoader
 from orjson import Fragment
 
-from db.json_objects import Member, Unrenderable
+from db.json_objects import Member
 from db.models import OrderStatus as OrderStatusModel
-from gql.engine.plans import Selected, planned_relation
 from gql.engine.selection import FieldTree, columns_for, selection_tree
 from gql.schema.context import Context, Info
 from gql.schema.ids import row_id_of, to_global_id
+from gql.schema.json_levels import planned_json
 from gql.schema.loaders import (
     ItemsByOrderIdLoader,
     OrderByIdLoader,
@@ -166,32 +165,9 @@ async def products_by_id(
 
 
 def items_json(info: Info, path: tuple[str, ...]) -> tuple[Member, ...] | None:
-    """The members of the items JSON that the compiled plan completing this field takes as
-    is (`gql.engine.plans.planned_relation`), for the orders at `path` below it (e.g. `edges`,
-    `node`); None when there is no such plan yet, or PostgreSQL cannot render its selection,
-    or the answer is not written by orjson (`Context.json_fragments`)."""
-    if not info.context.json_fragments:
-        return None
-    selected = planned_relation(info, (*path, "items"))
-    return None if selected is None else _renderable_members(selected)
-
-
-@lru_cache(maxsize=256)
-def _renderable_members(selected: tuple[Selected, ...]) -> tuple[Member, ...] | None:
-    members = _members(selected)
-    try:
-        order_reads.check_items_json(members)
-    except Unrenderable:
-        return None
-    return members
-
-
-def _members(selected: tuple[Selected, ...]) -> tuple[Member, ...]:
-    """A plan's selection as JSON members: a field as the attribute of its Python name (the
-    services name theirs after ours), `__typename` as the constant the plan writes."""
-    return tuple(
-        Member(field.key, field.name, _members(field.below), field.constant) for field in selected
-    )
+    """The members of the items JSON for the orders at `path` below the field being resolved
+    (e.g. `edges`, `node`): see `gql.schema.json_levels`."""
+    return planned_json(info, (*path, "items"), order_reads.check_items_json)
 
 
 async def prefetch_orders(

@@ -1,7 +1,7 @@
-"""Line items written as JSON by PostgreSQL for a warm order history (items_json in
-gql/schema/types/orders.py). That the answers equal the reference executor's is the executor
-differential's job (tests/test_executor_differential.py); here: the pieces it is built from, and
-when the path is taken and when not."""
+"""Levels of a warm answer written as JSON by PostgreSQL (gql/schema/json_levels.py): an order
+history's line items, a products page's nodes. That the answers equal the reference executor's
+is the executor differential's job (tests/test_executor_differential.py); here: the pieces it
+is built from, and when the path is taken and when not."""
 
 from typing import Any
 
@@ -129,3 +129,22 @@ async def test_in_process_execution_gets_objects_not_json(
         [edge] = result.data["orders"]["edges"]
         [item] = edge["node"]["items"]
         assert item["quantity"] == 2 and item["unitPrice"] == {"amount": "100.00"}
+
+
+PRODUCTS = """{ products(first: 3, orderBy: PRICE_ASC) { edges { cursor node { id name kind
+  price { amount currency } } } pageInfo { hasNextPage endCursor } } }"""
+
+
+async def test_a_warm_products_page_takes_its_nodes_as_json_from_the_same_statement(
+    factory: Factory, gql: GraphQL, statements: StatementCounter
+) -> None:
+    for n in range(4):
+        await factory.product(name=f'Cabin "{n}"', price=f"{10 + n}.50")
+    _, token = await factory.user()
+    cold, cold_statements = await _history_statements(gql, statements, token, PRODUCTS)
+    warm, warm_statements = await _history_statements(gql, statements, token, PRODUCTS)
+    assert warm == cold
+    assert len(cold["data"]["products"]["edges"]) == 3
+    assert len(warm_statements) == len(cold_statements)
+    assert not any("json_build_object" in sql for sql in cold_statements)
+    assert sum("json_build_object" in sql for sql in warm_statements) == 1
