@@ -9,7 +9,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, Text, cast, func, literal_column
+from sqlalchemy import (
+    ColumnElement,
+    SQLColumnExpression,
+    Text,
+    case,
+    cast,
+    extract,
+    func,
+    literal_column,
+)
 
 # Keys and constants are written into the SQL text (a statement is compiled once per shape and
 # its parameters must all be named), so only such plain words are accepted.
@@ -54,6 +63,22 @@ def value(expression: SQLColumnExpression[Any]) -> Render:
         return expression
 
     return render
+
+
+# to_char patterns: constants of this module, written into the SQL as they are.
+_ISO_SECONDS: ColumnElement[str] = literal_column("""'YYYY-MM-DD"T"HH24:MI:SS'""")
+_MICROSECONDS: ColumnElement[str] = literal_column("'.US'")
+
+
+def iso_timestamp(column: SQLColumnExpression[Any]) -> ColumnElement[str]:
+    """A `timestamptz` as Python writes the datetime asyncpg reads (UTC) with `isoformat()`:
+    microseconds only when they are not zero, then `+00:00`; null stays null."""
+    utc = func.timezone(literal_column("'UTC'"), column)
+    whole_second = extract("microseconds", utc).op("%")(
+        literal_column("1000000")
+    ) == literal_column("0")
+    fraction = case((whole_second, literal_column("''")), else_=func.to_char(utc, _MICROSECONDS))
+    return func.to_char(utc, _ISO_SECONDS).concat(fraction).concat(literal_column("'+00:00'"))
 
 
 def money(amount: SQLColumnExpression[Any], currency: SQLColumnExpression[Any]) -> Render:

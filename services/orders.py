@@ -6,8 +6,9 @@ exact decimal text PostgreSQL gives (`db.compiled.exact_text`), not as Decimals.
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy import ColumnElement, Text, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from db.arrays import equals_any_parameter
@@ -21,7 +22,7 @@ from db.compiled import (
     fetch,
     fetch_by_id,
 )
-from db.json_objects import Member, Render, json_object, money, nested, value
+from db.json_objects import Member, Render, iso_timestamp, json_object, money, nested, value
 from db.models import Order, OrderItem, OrderStatus, Product
 from db.rows import LightSelect
 from services.auth import Actor
@@ -59,11 +60,20 @@ def readable_orders(*, admin: bool) -> LightSelect:
 
 @lru_cache(maxsize=256)
 def _list_orders_query(
-    *, by_status: bool, after: bool, before: bool, backward: bool, columns: tuple[str, ...] | None
+    *,
+    by_status: bool,
+    after: bool,
+    before: bool,
+    backward: bool,
+    columns: tuple[str, ...] | None,
+    json: tuple[Member, ...] | None = None,
 ) -> CompiledQuery:
     # "My orders" for admins too: the non-admin rule is exactly "owned by the actor".
     statement = readable_orders(admin=False)
-    if columns is not None:
+    if json is not None:
+        rendered = cast(json_object(json, ORDER_JSON), Text).label("json")
+        statement = statement.with_only_columns(Order.id, rendered)
+    elif columns is not None:
         statement = statement.with_only_columns(*columns_named(Order, columns, ORDER_COLUMNS))
     if by_status:
         statement = statement.where(Order.status == bindparam("status"))
@@ -110,6 +120,40 @@ ITEM_JSON: dict[str, Render] = {
 }
 
 
+def _items_array(members: tuple[Member, ...]) -> ColumnElement[Any]:
+    """An order's items as a JSON array (`[]` for none), for the order of the enclosing
+    statement (correlated on `orders`)."""
+    items: Any = OrderItem.__table__
+    if any(member.attribute == "product" for member in members):
+        items = items.join(Product.__table__, Product.id == OrderItem.product_id)
+    item = json_object(members, ITEM_JSON)
+    array = func.json_agg(aggregate_order_by(item, OrderItem.id))
+    return (
+        select(func.coalesce(array, literal_column("'[]'::json")))
+        .select_from(items)
+        .where(OrderItem.order_id == Order.id)
+        .scalar_subquery()
+    )
+
+
+# What PostgreSQL can render of an order as JSON (db.json_objects), by attribute; statuses
+# are written as their names, which are their stored values.
+ORDER_JSON: dict[str, Render] = {
+    "id": value(global_id_sql("Order", Order.id)),
+    "status": value(Order.status),
+    "total": money(Order.total_amount, Order.currency),
+    "idempotency_key": value(Order.idempotency_key),
+    "created_at": value(iso_timestamp(Order.created_at)),
+    "updated_at": value(iso_timestamp(Order.updated_at)),
+    "items": _items_array,
+}
+
+
+def check_order_json(members: tuple[Member, ...]) -> None:
+    """Raise `Unrenderable` unless `list_orders` can render orders with these members."""
+    json_object(members, ORDER_JSON)
+
+
 @lru_cache(maxsize=64)
 def _items_json_query(members: tuple[Member, ...]) -> CompiledQuery:
     items = OrderItem.__table__.join(Order.__table__, Order.id == OrderItem.order_id)
@@ -139,15 +183,19 @@ async def list_orders(
     status: OrderStatus | None,
     window: Window[int],
     columns: tuple[str, ...] | None = None,
+    json: tuple[Member, ...] | None = None,
 ) -> Page[Record]:
     """The actor's own orders, newest first (admins too: this is "my orders"), within
-    `window` (keyed by id); `columns` narrows the rows as in `catalog.products_by_ids`."""
+    `window` (keyed by id); `columns` narrows the rows as in `catalog.products_by_ids`. With
+    `json`, rows are the id and the order as a JSON object of these members (text, in column
+    `json`; items included, see `check_order_json`)."""
     query = _list_orders_query(
         by_status=status is not None,
         after=window.after is not None,
         before=window.before is not None,
         backward=window.backward,
         columns=columns,
+        json=json,
     )
     rows = await fetch(
         reader,

@@ -454,6 +454,14 @@ REGRESSIONS += [
     Case("{ orders { edges { node { a: items { quantity } b: items { product { name } } } } } }"),
     Case("{ orders { edges { node { items { id } } } e: edges { node { items { quantity } } } } }"),
     Case("{ orders { edges { node { items { product { name createdAt } } } } } }"),
+    # Orders as JSON, items included: every field an order can hold.
+    Case(
+        """{ orders(first: 10) { edges { cursor node { __typename id status createdAt
+          updatedAt idempotencyKey total { amount currency __typename } items { quantity } } }
+          pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"""
+    ),
+    # A user keeps the orders objects: their items alone come as JSON.
+    Case("{ orders { edges { node { user { name } items { quantity product { name } } } } } }"),
     # A page of products as JSON: every field a product can hold; then aliases, fragments.
     Case(
         """{ products(first: 5, orderBy: PRICE_ASC) { edges { cursor node { __typename id sku
@@ -505,6 +513,7 @@ def test_compiled_and_reference_executors_answer_alike(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items_as_json = _count_calls(monkeypatch, order_reads, "items_json_by_order_ids")
+    order_pages = _count_calls(monkeypatch, order_reads, "list_orders")
     product_pages = _count_calls(monkeypatch, catalog, "search_products")
     loop = _Loop()
     world = loop.run(World.open(database_url))
@@ -537,6 +546,7 @@ def test_compiled_and_reference_executors_answer_alike(
     assert len(ran) >= min(EXAMPLES, 200), len(ran)
     # The JSON path was compared, not only the objects' (it exists on warm runs only).
     assert items_as_json
+    assert any(arguments.get("json") is not None for arguments in order_pages)
     assert any(arguments.get("json") is not None for arguments in product_pages)
 
 

@@ -3,10 +3,11 @@ history's line items, a products page's nodes. That the answers equal the refere
 is the executor differential's job (tests/test_executor_differential.py); here: the pieces it
 is built from, and when the path is taken and when not."""
 
+from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import BigInteger, literal, select
+from sqlalchemy import BigInteger, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.settings import Settings
@@ -72,22 +73,68 @@ async def _history_statements(
     return body, list(statements.statements)
 
 
-async def test_a_warm_order_history_takes_its_items_as_json_from_one_statement(
-    factory: Factory, gql: GraphQL, statements: StatementCounter
+@pytest.mark.parametrize(
+    ("query", "cold_count", "warm_count"),
+    [
+        # Every field of the orders renderable: each order with its items, in the page's own
+        # statement (viewer, orders: items and products statements gone).
+        (HISTORY, 4, 2),
+        # `user` is not renderable: the orders stay objects, their items come as JSON from one
+        # statement (viewer, orders, items, users: the products statement gone).
+        (HISTORY.replace("node { id", "node { id user { name }"), 5, 4),
+    ],
+)
+async def test_a_warm_order_history_takes_json_from_fewer_statements(
+    *,
+    query: str,
+    cold_count: int,
+    warm_count: int,
+    factory: Factory,
+    gql: GraphQL,
+    statements: StatementCounter,
 ) -> None:
     user, token = await factory.user()
     products = await factory.products(3)
     for n in range(3):
         await factory.order(user, [(products[k], k + 1) for k in range(n + 1)])
 
-    cold, cold_statements = await _history_statements(gql, statements, token)
-    warm, warm_statements = await _history_statements(gql, statements, token)
+    cold, cold_statements = await _history_statements(gql, statements, token, query)
+    warm, warm_statements = await _history_statements(gql, statements, token, query)
 
     assert warm == cold
+    assert len(cold["data"]["orders"]["edges"]) == 3
     assert not any("json_agg" in sql for sql in cold_statements)
-    # viewer, orders, items with their products as JSON (no separate products statement).
-    assert len(warm_statements) == len(cold_statements) - 1 == 3, warm_statements
+    assert (len(cold_statements), len(warm_statements)) == (cold_count, warm_count)
     assert sum("json_agg" in sql for sql in warm_statements) == 1
+
+
+async def test_timestamps_written_by_postgresql_are_pythons_isoformat(
+    factory: Factory, gql: GraphQL, statements: StatementCounter, engine: AsyncEngine
+) -> None:
+    """With and without microseconds (isoformat leaves out a zero fraction)."""
+    user, token = await factory.user()
+    product = await factory.product()
+    orders = [await factory.order(user, [(product, 1)]) for _ in range(3)]
+    async with engine.begin() as connection:
+        for order, moment in zip(
+            orders,
+            ["2026-01-02 03:04:05+00", "2026-01-02 03:04:05.000100+00", "0999-12-31 23:59:59.5+02"],
+            strict=True,
+        ):
+            await connection.execute(
+                text("UPDATE orders SET created_at = :at, updated_at = :at WHERE id = :id"),
+                {"at": datetime.fromisoformat(moment), "id": order.id},
+            )
+    query = "{ orders { edges { node { createdAt updatedAt } } } }"
+    cold, _ = await _history_statements(gql, statements, token, query)
+    warm, warm_statements = await _history_statements(gql, statements, token, query)
+    assert any("json_build_object" in sql for sql in warm_statements)
+    assert warm == cold
+    assert [edge["node"]["createdAt"] for edge in warm["data"]["orders"]["edges"]] == [
+        "0999-12-31T21:59:59.500000+00:00",
+        "2026-01-02T03:04:05.000100+00:00",
+        "2026-01-02T03:04:05+00:00",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -95,8 +142,9 @@ async def test_a_warm_order_history_takes_its_items_as_json_from_one_statement(
     [
         # A field PostgreSQL does not render (timestamps keep Python's format).
         "{ orders { edges { node { items { product { name createdAt } } } } } }",
-        # The same relation under two response keys, with different selections.
-        "{ orders { edges { node { a: items { quantity } b: items { product { name } } } } } }",
+        # The same relation under two response keys, with different selections (and a user,
+        # which keeps the orders objects).
+        "{ orders { edges { node { user { name } a: items { quantity } b: items { id } } } } }",
         # A directive below: the plan is not compiled at all.
         "query { orders { edges { node { items { quantity @include(if: true) } } } } }",
     ],

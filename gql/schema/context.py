@@ -54,9 +54,10 @@ class Context:
         self.auth_error = auth_error
         self.correlation_id = correlation_id
         self.background_tasks = background_tasks or BackgroundTasks()
-        # The answer is written by orjson, which copies an `orjson.Fragment` into it as is: a
-        # resolver may then hand a compiled plan JSON that PostgreSQL built (items_json in
-        # gql.schema.types.orders). An in-process caller of `schema.execute` gets objects.
+        # The answer is written by orjson, which copies an `orjson.Fragment` into it as is, and
+        # its bytes need not stay the same warm or cold (no ETag): a resolver may then hand a
+        # compiled plan JSON that PostgreSQL built (gql.schema.json_levels). An in-process
+        # caller of `schema.execute` gets objects, and so does a GET (see the endpoint).
         self.json_fragments = json_fragments
         # One connection cannot run two statements at once, but loaders of different types
         # dispatch their batches as concurrent tasks: they take turns through this lock.

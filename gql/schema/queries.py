@@ -168,15 +168,17 @@ async def _own_page(
 
 def _own_connection(
     nodes: list[OwnNodeT],
+    row_ids: list[int],
     ordering: str,
     page: Page[Any],
+    *,
     edges: FieldTree,
     total_count: int | None,
 ) -> Connection[OwnNodeT]:
-    """The connection of an `_own_page`: each cursor is the node's id."""
+    """The connection of an `_own_page`: each cursor is its node's row id."""
     return connection_of(
         nodes,
-        lambda i: encode_cursor(ordering, nodes[i].row_id),
+        lambda i: encode_cursor(ordering, row_ids[i]),
         has_next=page.has_next,
         has_previous=page.has_previous,
         wanted=edges,
@@ -317,6 +319,9 @@ class Query:
         tree = selection_tree(info)
         edges = subtree(tree, "edges")
         wanted = subtree(edges, "node")
+        # Warm, the nodes come as the JSON the plan takes (gql/schema/json_levels.py), their
+        # items in it; else, maybe their items only (a selection PostgreSQL cannot render).
+        json = planned_json(info, ("edges", "node"), orders.check_order_json)
         page = await _own_page(
             context,
             orders.list_orders,
@@ -324,16 +329,22 @@ class Query:
             Paging(first, after, last, before),
             columns=columns_for(wanted, ORDER_FIELD_COLUMNS, ORDER_KEY_COLUMNS),
             status=status,
+            json=json,
         )
-        nodes = [Order.from_row(row) for row in page.rows]
-        items = items_json(info, ("edges", "node"))
-        await prefetch_orders(context, nodes, wanted, alone=True, items_json=items)
+        nodes: list[Any]
+        if json is not None:
+            nodes = [Fragment(row["json"]) for row in page.rows]
+        else:
+            nodes = [Order.from_row(row) for row in page.rows]
+            items = items_json(info, ("edges", "node"))
+            await prefetch_orders(context, nodes, wanted, alone=True, items_json=items)
         total = await _total(
             tree,
             page,
             lambda: context.read(orders.count_orders, context.require_viewer(), status=status),
         )
-        return _own_connection(nodes, "orders", page, edges, total)
+        row_ids = [row["id"] for row in page.rows]
+        return _own_connection(nodes, row_ids, "orders", page, edges=edges, total_count=total)
 
     @strawberry.field(description=RESERVATIONS_DESCRIPTION)  # type: ignore[untyped-decorator]
     async def reservations(
@@ -364,7 +375,10 @@ class Query:
                 reservations.count_reservations, context.require_viewer(), status=status
             ),
         )
-        return _own_connection(nodes, "reservations", page, subtree(tree, "edges"), total)
+        row_ids = [node.row_id for node in nodes]
+        return _own_connection(
+            nodes, row_ids, "reservations", page, edges=subtree(tree, "edges"), total_count=total
+        )
 
 
 # Root fields that read one object by its ID, with their loads: the compiled executor answers

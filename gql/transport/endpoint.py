@@ -207,7 +207,15 @@ class GraphQLEndpoint:
         document = self.documents.parsed(params.query)
         operation = document.operation(params.operation_name) if document.ast else None
         name_operation(operation)
-        context = request_context(self.state, self.settings, background=background)
+        # A GET's answer may be cached and revalidated by its ETag, a hash of its bytes: it is
+        # written from objects only, so the same answer keeps the same bytes, warm or cold
+        # (JSON PostgreSQL wrote is equal as JSON, spaced otherwise).
+        context = request_context(
+            self.state,
+            self.settings,
+            background=background,
+            json_fragments=request.method != "GET",
+        )
         # It takes a pooled connection only at its first statement, and gives it back at
         # `Context.close`, below.
         try:
@@ -430,6 +438,7 @@ def request_context(
     *,
     viewer: Actor | None = None,
     background: BackgroundTasks | None = None,
+    json_fragments: bool = True,
 ) -> Context:
     """The context of one operation (HTTP, or one over a WebSocket): its database access from
     the app's engine, no viewer until `authenticate` sets one (a WebSocket's is known)."""
@@ -442,7 +451,7 @@ def request_context(
         correlation_id=current_correlation_id(),
         background_tasks=background,
         # Answers are written by orjson (`response_data`, then `orjson.dumps`).
-        json_fragments=True,
+        json_fragments=json_fragments,
     )
 
 
