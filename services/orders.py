@@ -156,19 +156,9 @@ def check_order_json(members: tuple[Member, ...]) -> None:
 
 @lru_cache(maxsize=64)
 def _items_json_query(members: tuple[Member, ...]) -> CompiledQuery:
-    items = OrderItem.__table__.join(Order.__table__, Order.id == OrderItem.order_id)
-    if any(member.attribute == "product" for member in members):
-        items = items.join(Product.__table__, Product.id == OrderItem.product_id)
-    item = json_object(members, ITEM_JSON)
-    return compile_query(
-        # As text: the pool's connections decode `json` into Python objects.
-        select(
-            OrderItem.order_id, cast(func.json_agg(aggregate_order_by(item, OrderItem.id)), Text)
-        )
-        .select_from(items)
-        .where(equals_any_parameter(OrderItem.order_id))
-        .group_by(OrderItem.order_id)
-    )
+    # As text: the pool's connections decode `json` into Python objects.
+    items = cast(_items_array(members), Text)
+    return compile_query(select(Order.id, items).where(equals_any_parameter(Order.id)))
 
 
 def check_items_json(members: tuple[Member, ...]) -> None:
@@ -237,7 +227,7 @@ async def items_json_by_order_ids(
     reader: Reader, order_ids: Sequence[int], members: tuple[Member, ...]
 ) -> dict[int, str]:
     """Each order's line items as a JSON array (in insertion order) of objects with `members`
-    (attributes of `ITEM_JSON`), built by PostgreSQL; orders without items are absent.
-    Callers pass readable orders only. Raises `Unrenderable` for members it cannot render."""
+    (attributes of `ITEM_JSON`), built by PostgreSQL. Callers pass readable orders only.
+    Raises `Unrenderable` for members it cannot render."""
     rows = await fetch(reader, _items_json_query(members), keys=list(order_ids))
     return {order_id: items for order_id, items in rows}

@@ -7,6 +7,10 @@ and relations that `prefetch_orders` (gql/schema/types/orders.py) attached for t
 For such selections a plan is compiled once per (type, field nodes) and then applied as
 straight attribute reads.
 
+A plan also takes, at any object-valued field, an `orjson.Fragment` as the field's completed
+value: JSON PostgreSQL built for exactly the selection the plan notes there (`planned_relation`,
+gql/schema/json_levels.py).
+
 Anything a plan cannot express exactly (arguments, directives, abstract types, resolvers other
 than prefetched relations) is left to graphql-core; a relation that was not prefetched, or a
 null where the schema says non-null, makes the plan step aside for that object at run time, so

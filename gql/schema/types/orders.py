@@ -188,7 +188,7 @@ async def prefetch_orders(
             order_reads.items_json_by_order_ids, [order.row_id for order in orders], items_json
         )
         for order in orders:
-            order.prefetched_items = Fragment(found.get(order.row_id, "[]"))
+            order.prefetched_items = Fragment(found[order.row_id])
     elif "items" in wanted:
         item_rows = await context.loader(ItemsByOrderIdLoader).load_level(
             [order.row_id for order in orders], alone=alone
