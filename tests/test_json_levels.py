@@ -7,12 +7,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from orjson import Fragment
 from sqlalchemy import BigInteger, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.settings import Settings
 from db.json_objects import Member, Unrenderable, json_object, nested, value
 from db.models import Product
+from gql.engine.internals import graphql_schema_of
+from gql.engine.plans import CompiledExecutionContext
 from gql.schema.build import schema
 from gql.schema.context import Context
 from services.auth import Actor
@@ -21,6 +24,7 @@ from services.orders import check_items_json
 from tests.conftest import GraphQL, StatementCounter
 from tests.factories import Factory
 
+GRAPHQL_SCHEMA = graphql_schema_of(schema)
 HISTORY = """{ orders(first: 5) { edges { node { id
   items { quantity unitPrice { amount } product { id name } } } } } }"""
 
@@ -196,3 +200,13 @@ async def test_a_warm_products_page_takes_its_nodes_as_json_from_the_same_statem
     assert len(warm_statements) == len(cold_statements)
     assert not any("json_build_object" in sql for sql in cold_statements)
     assert sum("json_build_object" in sql for sql in warm_statements) == 1
+
+
+def test_the_general_path_takes_json_where_it_expects_an_object() -> None:
+    """Should a plan step aside for an edge whose node came as JSON, graphql-core's general
+    path completes the edge and meets the fragment: it is taken as the completed node (it was
+    built for this selection), not read as an object."""
+    node = Fragment('{"id" : "UHJvZHVjdDox"}')
+    context = object.__new__(CompiledExecutionContext)
+    product_type = GRAPHQL_SCHEMA.type_map["Product"]
+    assert context.complete_object_value(product_type, [], None, None, node) is node  # type: ignore[arg-type]
