@@ -184,19 +184,21 @@ async def create_order_in_one_statement(
     # it (as `_announcement` does) from what it read under its locks.
     notification = outbox.notification_values("order.created", {})
     trace = notification["trace_context"]
-    rows = await run_alone(
-        reads,
-        _PLACE_ORDER_FROM_STOCK,
-        user_id=actor.user_id,
-        idempotency_key=request.idempotency_key,
-        lock_name=_lock_name(actor, request),
-        status=OrderStatus.CONFIRMED.value,
-        product_ids=[line.product_id for line in lines],
-        quantities=[line.quantity for line in lines],
-        max_total=MAX_TOTAL,
-        correlation_id=notification["correlation_id"],
-        trace_context=None if trace is None else json.dumps(trace),
-    )
+    product_ids = [line.product_id for line in lines]
+    async with stock.one_writer_per_product(product_ids):
+        rows = await run_alone(
+            reads,
+            _PLACE_ORDER_FROM_STOCK,
+            user_id=actor.user_id,
+            idempotency_key=request.idempotency_key,
+            lock_name=_lock_name(actor, request),
+            status=OrderStatus.CONFIRMED.value,
+            product_ids=product_ids,
+            quantities=[line.quantity for line in lines],
+            max_total=MAX_TOTAL,
+            correlation_id=notification["correlation_id"],
+            trace_context=None if trace is None else json.dumps(trace),
+        )
     if not rows:
         return None
     order = {column.key: rows[0][f"placed_{column.key}"] for column in ORDER_COLUMNS}

@@ -202,9 +202,10 @@ async def reserve_in_one_statement(reads: PooledReads, request: HoldRequest) -> 
     product's row lock lasts that statement only). None: nothing was written (no such
     product, too few units, a lost race), and `reserve_product` decides under its locks.
     The row has the columns of `reserve_product`'s, read by attribute."""
-    rows = await run_alone(
-        reads, _TAKE_AND_HOLD_ALONE, **request.values(), **stock.correlation_parameter()
-    )
+    async with stock.one_writer_per_product([request.product_id]):
+        rows = await run_alone(
+            reads, _TAKE_AND_HOLD_ALONE, **request.values(), **stock.correlation_parameter()
+        )
     if not rows:
         return None
     row = dict(rows[0].items())
