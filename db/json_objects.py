@@ -115,3 +115,14 @@ def json_object(
             raise Unrenderable(f"no attribute {member.attribute!r}")
         arguments.append(render(member.members))
     return func.json_build_object(*arguments)
+
+
+JSON_COLUMN = "json"
+
+
+def json_column(
+    members: tuple[Member, ...], attributes: Mapping[str, Render]
+) -> ColumnElement[str]:
+    """`json_object` as its text, under the column name `JSON_COLUMN`: as text, because the
+    pool's connections decode `json` into Python objects, and the answer takes it as written."""
+    return cast(json_object(members, attributes), Text).label(JSON_COLUMN)

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, Text, any_, bindparam, cast, func, select, tuple_
+from sqlalchemy import ColumnElement, String, any_, bindparam, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -24,7 +24,7 @@ from db.compiled import (
     exact_text,
     fetch,
 )
-from db.json_objects import Member, Render, json_object, money, value
+from db.json_objects import Member, Render, json_column, json_object, money, value
 from db.models import Product, ProductKind
 from services.errors import InvalidInput
 from services.global_ids import global_id_sql
@@ -187,7 +187,7 @@ def _search_query(shape: _SearchShape) -> CompiledQuery:
     descending = shape.sort in _DESCENDING
     selected = list(columns_named(Product, shape.columns, PRODUCT_COLUMNS))
     if shape.json is not None:
-        selected.append(cast(json_object(shape.json, PRODUCT_JSON), Text).label("json"))
+        selected.append(json_column(shape.json, PRODUCT_JSON))
     statement = select(*selected).where(*_filter_conditions(shape))
     position = tuple_(*columns, Product.id)
     if shape.after:

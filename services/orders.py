@@ -22,7 +22,16 @@ from db.compiled import (
     fetch,
     fetch_by_id,
 )
-from db.json_objects import Member, Render, iso_timestamp, json_object, money, nested, value
+from db.json_objects import (
+    Member,
+    Render,
+    iso_timestamp,
+    json_column,
+    json_object,
+    money,
+    nested,
+    value,
+)
 from db.models import Order, OrderItem, OrderStatus, Product
 from db.rows import LightSelect
 from services.auth import Actor
@@ -71,8 +80,7 @@ def _list_orders_query(
     # "My orders" for admins too: the non-admin rule is exactly "owned by the actor".
     statement = readable_orders(admin=False)
     if json is not None:
-        rendered = cast(json_object(json, ORDER_JSON), Text).label("json")
-        statement = statement.with_only_columns(Order.id, rendered)
+        statement = statement.with_only_columns(Order.id, json_column(json, ORDER_JSON))
     elif columns is not None:
         statement = statement.with_only_columns(*columns_named(Order, columns, ORDER_COLUMNS))
     if by_status:

@@ -3,10 +3,13 @@
 take as is at some path below it; the service that owns the rows renders them
 (`db.json_objects`), and the resolver hands the plan `orjson.Fragment`s of that JSON."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import Any
 
-from db.json_objects import Member, Unrenderable
+from orjson import Fragment
+
+from db.json_objects import JSON_COLUMN, Member, Unrenderable
 from gql.engine.plans import Selected, planned_relation
 from gql.schema.context import Info
 
@@ -42,3 +45,9 @@ def _members(selected: tuple[Selected, ...]) -> tuple[Member, ...]:
     return tuple(
         Member(field.key, field.name, _members(field.below), field.constant) for field in selected
     )
+
+
+def json_nodes(rows: Iterable[Any]) -> list[Fragment]:
+    """The objects a list statement rendered with `planned_json`'s members (in its column
+    `JSON_COLUMN`), as the fragments the plan takes."""
+    return [Fragment(row[JSON_COLUMN]) for row in rows]

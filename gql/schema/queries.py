@@ -6,7 +6,6 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import strawberry
-from orjson import Fragment
 
 from db.models import ProductKind as ProductKindModel
 from gql.engine.selection import FieldTree, columns_for, selection_tree, subtree
@@ -14,7 +13,7 @@ from gql.errors import Unauthenticated
 from gql.schema.context import Context, Info
 from gql.schema.cursors import decode_cursor, decode_id_cursor, encode_cursor
 from gql.schema.ids import from_global_id, row_id_of
-from gql.schema.json_levels import planned_json
+from gql.schema.json_levels import json_nodes, planned_json
 from gql.schema.loaders import (
     OrderByIdLoader,
     ProductByIdLoader,
@@ -285,13 +284,11 @@ class Query:
             tree, page, lambda: context.read(catalog.count_products, product_filter=product_filter)
         )
         rows = page.rows
-        nodes = (
-            [Product.from_row(row) for row in rows]
-            if json is None
-            else [Fragment(row["json"]) for row in rows]
+        nodes: list[Any] = (
+            [Product.from_row(row) for row in rows] if json is None else json_nodes(rows)
         )
         return connection_of(
-            nodes,  # type: ignore[arg-type]
+            nodes,
             lambda i: encode_cursor(ordering, *catalog.sort_key(rows[i], sort)),
             has_next=page.has_next,
             has_previous=page.has_previous,
@@ -333,7 +330,7 @@ class Query:
         )
         nodes: list[Any]
         if json is not None:
-            nodes = [Fragment(row["json"]) for row in page.rows]
+            nodes = json_nodes(page.rows)
         else:
             nodes = [Order.from_row(row) for row in page.rows]
             items = items_json(info, ("edges", "node"))
